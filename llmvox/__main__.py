@@ -1,0 +1,5 @@
+import sys
+
+from llmvox.cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The first command: make the venv, install llmvox and everything it needs, then run the main job.
+#   ./setup.sh            set up, then run the main job
+#   ./setup.sh --no-run   set up only (CI uses this)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" --upgrade pip
+# torch first and pinned exactly: this is the CPU wheel on local disk (a looser pin pulls a CUDA build)
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e '.[server,dev]'
+
+if [ "${1:-}" = "--no-run" ]; then
+  echo "llmvox is set up in .venv"
+  exit 0
+fi
+
+# The main job. Until the embedded voice ships, speak a sentence with the parity fixtures.
+PARITY=${LLMVOX_PARITY_DIR:-../shared/parity}
+.venv/bin/llmvox synthesize --text "Hello world, this is a test." --max_tokens 120 \
+  --llmvox_checkpoint_path "$PARITY/llmvox.pt" --encoder_model_path "$PARITY/byt5_g2p" \
+  --tokenizer_path "$PARITY/byt5_tokenizer" --wav_config_path "$PARITY/wavtokenizer_small.yaml" \
+  --wav_model_path "$PARITY/wavtokenizer.ckpt" --out hello.wav
+echo "wrote hello.wav"

@@ -1,0 +1,103 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# ============================================================================================
+# codec
+# ============================================================================================
+
+# The model part of the released WavTokenizer config
+# (wavtokenizer_smalldata_frame75_3s_nq1_code4096_dim512_kmeans200_attn.yaml), written from its
+# documented sizes: 75 frames/s, one 4096-entry codebook, a 12-layer 768-wide Vocos backbone.
+FULL_SIZE_CODEC_YAML = """\
+model:
+  class_path: decoder.experiment.WavTokenizer
+  init_args:
+    sample_rate: 24000
+    initial_learning_rate: 2e-4
+    mel_loss_coeff: 45
+    mrd_loss_coeff: 1.0
+    num_warmup_steps: 0
+    pretrain_mel_steps: 0
+    feature_extractor:
+      class_path: decoder.feature_extractors.EncodecFeatures
+      init_args:
+        encodec_model: encodec_24khz
+        bandwidths: [6.6, 6.6, 6.6, 6.6]
+        train_codebooks: true
+        num_quantizers: 1
+        dowmsamples: [8, 5, 4, 2]
+        vq_bins: 4096
+        vq_kmeans: 200
+    backbone:
+      class_path: decoder.models.VocosBackbone
+      init_args:
+        input_channels: 512
+        dim: 768
+        intermediate_dim: 2304
+        num_layers: 12
+        adanorm_num_embeddings: 4
+    head:
+      class_path: decoder.heads.ISTFTHead
+      init_args:
+        dim: 768
+        n_fft: 1280
+        hop_length: 320
+        padding: same
+"""
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """The original code's outputs (../shared/parity), or $LLMVOX_PARITY_DIR."""
+    override = os.environ.get("LLMVOX_PARITY_DIR")
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "parity"
+    if not (path / "reference.npz").is_file():
+        pytest.fail(f"parity fixtures not found in {path} (set LLMVOX_PARITY_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_ref(parity_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(parity_dir / "reference.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def codec_paths(parity_dir: Path) -> tuple[Path, Path]:
+    """(YAML config, Lightning checkpoint) of the small parity codec."""
+    return parity_dir / "wavtokenizer_small.yaml", parity_dir / "wavtokenizer.ckpt"
+
+
+@pytest.fixture(scope="session")
+def small_codec(codec_paths):
+    from llmvox.codec.checkpoint import load_wavtokenizer
+
+    torch.set_num_threads(1)
+    return load_wavtokenizer(*codec_paths)
+
+
+@pytest.fixture(scope="session")
+def full_size_codec_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A released-size YAML and a random-weight checkpoint in the original layout (saved by us)."""
+    from llmvox.codec.checkpoint import save_lightning_checkpoint
+    from llmvox.codec.config import CodecConfig
+    from llmvox.codec.wavtokenizer import WavTokenizer
+
+    folder = tmp_path_factory.mktemp("full_codec")
+    config_path = folder / "wavtokenizer_full.yaml"
+    config_path.write_text(FULL_SIZE_CODEC_YAML)
+    torch.manual_seed(0)
+    model = WavTokenizer(CodecConfig.from_yaml(config_path))
+    ckpt_path = folder / "wavtokenizer_full.ckpt"
+    import yaml
+
+    save_lightning_checkpoint(model, ckpt_path, yaml.safe_load(FULL_SIZE_CODEC_YAML))
+    return config_path, ckpt_path
