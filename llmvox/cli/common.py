@@ -55,3 +55,17 @@ def load_voice(args: argparse.Namespace, device: str | None = None) -> LLMVoX:
             originals["wav_model_path"], originals["tokenizer_path"], device=device,
         )
     return LLMVoX.from_pretrained(None, device=device)
+
+
+def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """The sub-subparsers of a command group (`llmvox bench ...`), created on first use.
+
+    Several modules add subcommands to one group; whichever registers first creates it.
+    """
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        group = parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+        parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+        parser._llmvox_group = group  # type: ignore[attr-defined]
+    return parser._llmvox_group  # type: ignore[attr-defined]

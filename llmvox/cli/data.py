@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add(p, "--out_dir", required=True, help="output folder (wavs/, data.json, manifest.jsonl, report.json)")
     _add(p, "--teacher", default="hibari", choices=["hibari", "piper"], help="teacher voice (default hibari)")
     _add(p, "--voice", default=None, help="hibari voice name (default heart) or a piper .onnx voice path")
+    _add(p, "--deterministic_teacher", action="store_true",
+         help="piper: zero the VITS noise so audio repeats exactly (hibari is always seeded)")
     _add(p, "--sentences", action="append", default=[], metavar="FILE",
          help="speak the sentences of FILE (one a line) without the LLM; may be repeated")
     _add(p, "--num_sentences", type=int, default=0,
@@ -119,7 +121,8 @@ def run_synth(args: argparse.Namespace) -> int:
                                       system_prompt=args.system_prompt or synth.SYSTEM_PROMPT)
         prompts = prompt_set(num_prompts, args.seed)
         extra["llm"] = os.path.basename(str(gguf))
-    teacher = make_teacher(args.teacher, seed=args.seed, threads=args.threads, voice=args.voice)
+    teacher = make_teacher(args.teacher, seed=args.seed, threads=args.threads, voice=args.voice,
+                           deterministic=args.deterministic_teacher)
     normalizer = synth.get_normalizer(args.normalize)
     extra["normalizer"] = None if normalizer is None else f"{normalizer.__module__}.{normalizer.__name__}"
     report = synth.synthesize_corpus(

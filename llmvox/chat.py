@@ -1,0 +1,353 @@
+"""One chat turn, from what the client sent to the stream of answer text the voice speaks.
+
+A turn takes text, speech, or speech with pictures; runs ASR where the model cannot hear; builds the
+messages around the system prompt; and streams the LLM's answer as deltas while keeping the recognised
+question and the answer so far readable from any thread (the server's transcript side channel reads them
+while the audio is still streaming). Cancelling a turn reaches the LLM backend, whose token loop stops.
+
+Failures are sorted by when they happen: anything wrong with the input, or an LLM that fails before its
+first word, raises `ChatError` with an HTTP status (the server answers with a JSON error and no audio);
+an LLM that breaks off after speech started ends the answer with a short spoken apology instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmvox.asr.input import ASR_RATE, AudioLimits, check_speech, decode_audio_base64, decode_file
+from llmvox.errors import LLMVoXError
+from llmvox.llm.base import LLMBackend
+from llmvox.llm.images import ImageLimits, load_image, load_images
+from llmvox.llm.select import DEFAULT_SYSTEM_PROMPT
+
+log = logging.getLogger("llmvox.chat")
+
+AUDIO_ONLY_INSTRUCTION = "Based on the attached audio, answer the query in a descriptive manner."
+APOLOGY = " Sorry, I lost my train of thought there."
+NO_ANSWER = "Sorry, I have no answer to that."
+
+MODES = ("text", "voice", "visual_speech", "multimodal")
+
+
+class ChatError(LLMVoXError):
+    """A turn that cannot start; `status` is the HTTP status the server should answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ChatSettings:
+    """Per-server chat settings (the original's LLM and ASR flags)."""
+
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    max_tokens: int = 1000
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    eos_token: str | None = "<|eot_id|>"  # also cut from the text, as the original's cleaner did
+    seed: int | None = None
+    asr_language: str | None = "english"
+    asr_translate: bool = False
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    images: ImageLimits = field(default_factory=ImageLimits)
+
+
+@dataclass
+class ChatRequest:
+    """What the client asked: text, or speech (16 kHz float32), optionally with images (PIL, RGB)."""
+
+    mode: str = "text"
+    text: str | None = None
+    audio: np.ndarray | None = None
+    images: list = field(default_factory=list)
+    source_language: str | None = None
+    target_language: str | None = None
+    history: list[dict] = field(default_factory=list)  # earlier turns, OpenAI-style messages
+
+    @classmethod
+    def from_body(cls, mode: str, body: dict, settings: ChatSettings | None = None) -> ChatRequest:
+        """Parse an original request body (`/voicechat`, `/vlmschat`, `/multimodalchat`) or `{"text"}`.
+
+        Raises ChatError (400 for malformed fields, 413 for too long/too large, 422 for silence).
+        """
+        settings = settings or ChatSettings()
+        if mode not in MODES:
+            raise ChatError(f"unknown chat mode {mode!r}; choose one of: {', '.join(MODES)}")
+        if not isinstance(body, dict):
+            raise ChatError("the request body must be a JSON object")
+        request = cls(mode=mode, source_language=_opt_str(body, "source_language"),
+                      target_language=_opt_str(body, "target_language"))
+        with _as_chat_error():
+            if mode == "text":
+                text = body.get("text")
+                if not isinstance(text, str) or not text.strip():
+                    raise ChatError('"text" must be a non-empty string')
+                request.text = text.strip()
+                return request
+            request.audio = _speech_field(body, settings)
+            if mode == "visual_speech":
+                image = body.get("image_base64")
+                if not isinstance(image, str):
+                    raise ChatError('"image_base64" must be a base64 string (the picture to talk about)')
+                request.images = [load_image(image, limits=settings.images, what="image_base64")]
+            elif mode == "multimodal":
+                images = body.get("image_list", [])
+                if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                    raise ChatError('"image_list" must be a list of base64 strings')
+                request.images = load_images(images, limits=settings.images)
+        return request
+
+    @classmethod
+    def from_upload(cls, mode: str, audio_file: bytes, images: list[bytes] | None = None, *,
+                    settings: ChatSettings | None = None, source_language: str | None = None,
+                    target_language: str | None = None) -> ChatRequest:
+        """A multipart upload: an audio file at any rate (WAV/FLAC/OGG) plus image files."""
+        settings = settings or ChatSettings()
+        with _as_chat_error():
+            if not audio_file:
+                raise ChatError("the uploaded audio file is empty")
+            samples = check_speech(decode_file(bytes(audio_file), ASR_RATE, "uploaded audio"), ASR_RATE,
+                                   settings.audio, "uploaded audio")
+            pictures = load_images(list(images or []), limits=settings.images)
+        return cls(mode=mode, audio=samples, images=pictures, source_language=source_language,
+                   target_language=target_language)
+
+
+def _opt_str(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ChatError(f'"{key}" must be a string')
+    return value
+
+
+def _speech_field(body: dict, settings: ChatSettings) -> np.ndarray:
+    data = body.get("audio_base64")
+    if not isinstance(data, str):
+        raise ChatError('"audio_base64" must be a base64 string (int16 PCM at 16 kHz, or an audio file)')
+    samples = decode_audio_base64(data, pcm_rate=ASR_RATE, rate=ASR_RATE)
+    return check_speech(samples, ASR_RATE, settings.audio, "audio_base64")
+
+
+class _as_chat_error:
+    """Context manager: input problems (LLMVoXError) become ChatError with their HTTP status."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, ChatError) or not isinstance(exc, LLMVoXError):
+            return False
+        raise ChatError(str(exc), getattr(exc, "status", 400)) from None
+
+
+
+class ChatTurn:
+    """One answer in the making. Use: `turn.start()` (ASR + first LLM word; raises ChatError), then
+    iterate `turn.deltas()`; read `question`, `answer`, `done` from any thread; `cancel()` to stop.
+    """
+
+    def __init__(self, request: ChatRequest, llm: LLMBackend, *, asr=None,
+                 settings: ChatSettings | None = None, request_id: str | None = None) -> None:
+        self.request, self.llm, self.asr = request, llm, asr
+        self.settings = settings or ChatSettings()
+        self.id = request_id or uuid.uuid4().hex[:16]
+        self.created = time.time()
+        self.question: str | None = request.text
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+        self.cancel_event = threading.Event()
+        self.finished = threading.Event()
+        self.error: str | None = None
+        self.asr_seconds = 0.0
+        self.first_token_seconds: float | None = None
+        self._stream: Iterator[str] | None = None
+        self._first: str | None = None
+        self._started = False
+
+    # ---- state readable from other threads -------------------------------------------------
+    @property
+    def answer(self) -> str:
+        with self._lock:
+            return "".join(self._parts)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def snapshot(self) -> dict:
+        """The transcript side channel's JSON for this turn."""
+        return {"id": self.id, "mode": self.request.mode, "question": self.question, "answer": self.answer,
+                "done": self.done, "cancelled": self.cancel_event.is_set(), "error": self.error,
+                "asr_seconds": round(self.asr_seconds, 3),
+                "first_token_seconds": None if self.first_token_seconds is None else round(self.first_token_seconds, 3)}
+
+    def cancel(self) -> None:
+        """Stop the answer (client gone, user interrupted); the LLM stops at its next token."""
+        self.cancel_event.set()
+
+    # ---- the work ----------------------------------------------------------------------------
+    def recognise(self) -> str | None:
+        """Run ASR when the turn has speech and the model cannot hear; sets and returns `question`."""
+        request = self.request
+        if request.mode in ("text", "multimodal") or request.audio is None:
+            return self.question
+        if self.asr is None:
+            raise ChatError(f"{request.mode} chat needs an ASR model, and this server has none", 503)
+        t0 = time.perf_counter()
+        try:
+            language, task = self.asr.task_for(request.source_language or self.settings.asr_language,
+                                               request.target_language)
+            text = self.asr.transcribe(request.audio, language=language, task=task)
+        except ChatError:
+            raise
+        except LLMVoXError as exc:
+            raise ChatError(str(exc), getattr(exc, "status", 400)) from None
+        self.asr_seconds = time.perf_counter() - t0
+        if not text.strip():
+            raise ChatError("no words were recognised in the audio", 422)
+        self.question = text.strip()
+        return self.question
+
+    def messages(self) -> list[dict]:
+        """System prompt + history + this user turn, in the llmvox content-part form."""
+        request, out = self.request, []
+        if self.settings.system_prompt:
+            out.append({"role": "system", "content": self.settings.system_prompt})
+        out.extend(request.history)
+        if request.mode in ("text", "voice"):
+            out.append({"role": "user", "content": self.question or ""})
+            return out
+        parts: list[dict] = [{"type": "image", "image": image} for image in request.images]
+        if request.mode == "multimodal":
+            if not getattr(self.llm, "accepts_audio", False):
+                raise ChatError("multimodal chat needs an LLM that takes audio (--chat_type multimodal "
+                                "with an audio+image model)", 409)
+            rate = int(getattr(self.llm, "sampling_rate", ASR_RATE))
+            audio = request.audio
+            if rate != ASR_RATE:
+                from llmvox.audio import resample
+
+                audio = resample(audio, ASR_RATE, rate)
+            parts.append({"type": "audio", "audio": audio, "sampling_rate": rate})
+            if not request.images:
+                parts.append({"type": "text", "text": AUDIO_ONLY_INSTRUCTION})
+        else:
+            if request.images and not getattr(self.llm, "accepts_images", False):
+                raise ChatError("this server's LLM does not take images (start it with --chat_type "
+                                "visual_speech and a vision-language model)", 409)
+            parts.append({"type": "text", "text": self.question or ""})
+        out.append({"role": "user", "content": parts})
+        return out
+
+    def start(self) -> ChatTurn:
+        """ASR, then the LLM up to its first piece of text; ChatError when any of it fails."""
+        if self._started:
+            return self
+        self._started = True
+        t0 = time.perf_counter()
+        try:
+            self.recognise()
+            s = self.settings
+            stops = [s.eos_token] if s.eos_token else None
+            self._stream = iter(self.llm.stream_chat(
+                self.messages(), max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                top_k=s.top_k, stop=stops, cancel=self.cancel_event, seed=s.seed))
+            try:
+                self._first = next(self._stream)
+            except StopIteration:
+                self._first = None
+            except ChatError:
+                raise
+            except LLMVoXError as exc:
+                raise ChatError(f"the LLM failed before answering: {exc}", 502) from None
+        except ChatError as exc:
+            self.error = str(exc)
+            self._close_stream()
+            self.finished.set()
+            raise
+        self.first_token_seconds = time.perf_counter() - t0
+        return self
+
+    def _append(self, text: str) -> None:
+        with self._lock:
+            self._parts.append(text)
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # a generator's finally runs now: the backend stops generating
+
+    def deltas(self) -> Iterator[str]:
+        """The answer as it is written (starting the turn if needed). Ends on cancel, on the answer's end,
+        or after a spoken apology when the LLM breaks off."""
+        self.start()
+        try:
+            if self._first is None:
+                if not self.cancel_event.is_set():
+                    self._append(NO_ANSWER)
+                    yield NO_ANSWER
+                return
+            self._append(self._first)
+            yield self._first
+            while not self.cancel_event.is_set():
+                try:
+                    delta = next(self._stream)
+                except StopIteration:
+                    break
+                except LLMVoXError as exc:
+                    log.warning("turn %s: LLM broke off mid-answer: %s", self.id, exc)
+                    self.error = f"the LLM broke off mid-answer: {exc}"
+                    self._append(APOLOGY)
+                    yield APOLOGY
+                    break
+                if delta:
+                    self._append(delta)
+                    yield delta
+        finally:
+            self._close_stream()
+            self.finished.set()
+
+    def run(self) -> str:
+        """The whole answer (for tests, CLIs and non-streaming callers)."""
+        for _ in self.deltas():
+            pass
+        return self.answer
+
+
+class TranscriptStore:
+    """Recent turns by request id, for `GET /v1/transcripts/{id}`; bounded in count and age."""
+
+    def __init__(self, max_items: int = 256, ttl_seconds: float = 600.0) -> None:
+        self._items: OrderedDict[str, ChatTurn] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_items, self.ttl = max_items, ttl_seconds
+
+    def add(self, turn: ChatTurn) -> None:
+        with self._lock:
+            self._items[turn.id] = turn
+            self._evict()
+
+    def get(self, request_id: str) -> ChatTurn | None:
+        with self._lock:
+            self._evict()
+            return self._items.get(request_id)
+
+    def _evict(self) -> None:
+        now = time.time()
+        while self._items:
+            oldest = next(iter(self._items.values()))
+            if len(self._items) > self.max_items or now - oldest.created > self.ttl:
+                self._items.popitem(last=False)
+            else:
+                break

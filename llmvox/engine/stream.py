@@ -1,0 +1,632 @@
+"""The multi-queue streamer: text deltas in, audio chunks out, in order and as soon as they exist.
+
+One `SpeechStream` per utterance (a request, a WebSocket answer, an LLM reply):
+
+    deltas ─► SpeakableStream (whole words, speakable, sentence ends) ─► segments (one per sentence)
+    segment k ─► lane k % N ─► DecoderWorker N (batched with every other stream's segments) ─► codes
+    codes ─► chunk plan (dump sizes) ─► CodecWorker N ─► audio chunks ─► reordered ─► sink, in order
+
+Lanes are the multi-queue of LLMVoX: each lane runs its segments one after another on its own worker
+(its own model replica and device), so while lane 0 speaks sentence k, lane 1 already generates
+sentence k+1. Words reach the decoder as soon as the text stage releases them, so a sentence starts
+before the LLM has finished writing it.
+
+Chunk schedule (the original's): a lane dumps a chunk when `dump` new codes are waiting; `dump` starts
+at `initial_dump_size_1` on lane 0 and `initial_dump_size_2` on the others, grows x3 after every chunk
+and twice more when a segment ends, capped at `max_dump_size`; a segment's last codes always go out.
+
+Chunk joins:
+- "context" (default): every chunk is decoded together with up to `context_frames` earlier codes of
+  the stream (across sentence boundaries) and the last `lookahead_frames` of a chunk are held back and
+  re-decoded with the next chunk, then cross-faded over `crossfade_samples`. The codec's pos-net
+  (GroupNorm over time and global attention) makes every frame depend a little on the whole sequence,
+  so no causal decode equals a one-shot decode exactly; this gets close without clicks.
+- "original": each chunk decoded alone, exactly what the original server streams (it clicks at joins).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from llmvox.engine.scheduler import CodecWorker, DecoderWorker, SegmentJob
+from llmvox.errors import LLMVoXError
+from llmvox.text.segment import SpeakableStream, SpeakableWord
+from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, encode_chunk
+
+if TYPE_CHECKING:
+    from llmvox.api import LLMVoX
+
+log = logging.getLogger(__name__)
+
+CHUNK_JOINS = ("context", "original")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How one stream is chunked and joined (defaults: the original server's schedule)."""
+
+    initial_dump_size_1: int = 10
+    initial_dump_size_2: int = 160
+    max_dump_size: int = 1280
+    max_audio_length: int | None = None  # codes per sentence; None: the voice's own limit
+    chunk_join: str = "context"
+    context_frames: int = 64
+    lookahead_frames: int = 4
+    crossfade_samples: int = 480
+    normalize: bool = True
+    max_sentence_chars: int | None = 300
+
+    def validate(self) -> StreamConfig:
+        for name in ("initial_dump_size_1", "initial_dump_size_2", "max_dump_size"):
+            if int(getattr(self, name)) < 1:
+                raise LLMVoXError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.max_audio_length is not None and self.max_audio_length < 1:
+            raise LLMVoXError(f"max_audio_length must be at least 1 (got {self.max_audio_length})")
+        if self.chunk_join not in CHUNK_JOINS:
+            raise LLMVoXError(f"chunk_join must be one of {', '.join(CHUNK_JOINS)} (got {self.chunk_join!r})")
+        for name in ("context_frames", "lookahead_frames", "crossfade_samples"):
+            if int(getattr(self, name)) < 0:
+                raise LLMVoXError(f"{name} must not be negative (got {getattr(self, name)})")
+        if self.max_sentence_chars is not None and self.max_sentence_chars < 8:
+            raise LLMVoXError("max_sentence_chars must be at least 8")
+        return self
+
+    @classmethod
+    def from_options(cls, base: StreamConfig | None = None, **options: Any) -> StreamConfig:
+        """A config from keyword options (unknown names are an error, not silently ignored)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise LLMVoXError(f"unknown stream option(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return replace(base or cls(), **options).validate()
+
+
+@dataclass
+class AudioChunk:
+    """A piece of the stream's audio: float32 mono samples at the voice's rate, in stream order."""
+
+    samples: np.ndarray
+    segment: int  # sentence index within the stream
+    index: int  # chunk index within the sentence
+    last_in_segment: bool
+    text: str | None = None  # the sentence's words, on its first chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine: workers shared by all streams
+
+
+class SpeechEngine:
+    """N workers (decoder + codec per device) shared by every stream; open streams with `open()`."""
+
+    def __init__(self, tts: LLMVoX, *, num_workers: int = 2, devices: list[str] | None = None,
+                 max_batch: int = 32, threads: int | None = None, config: StreamConfig | None = None):
+        if num_workers < 1:
+            raise LLMVoXError("num_workers must be at least 1")
+        self.tts = tts
+        self.config = (config or StreamConfig()).validate()
+        self.sample_rate = tts.sample_rate
+        self.hop = int(getattr(tts.codec, "hop_length", 320))
+        self.eoa_id = tts.eoa_id
+        self.num_workers = num_workers
+        self.threads = threads
+        replicas: dict[str, tuple[Any, Any]] = {}
+        self.workers: list[DecoderWorker] = []
+        self.codecs: list[CodecWorker] = []
+        self.codec_models: list[Any] = []
+        self.devices: list[torch.device] = []
+        for i in range(num_workers):
+            dev = _device(devices[i % len(devices)] if devices else tts.device)
+            key = str(dev)
+            if key not in replicas:
+                replicas[key] = _replica(tts, dev)
+            decoder, codec = replicas[key]
+            self.devices.append(dev)
+            self.codec_models.append(codec)
+            self.workers.append(DecoderWorker(decoder, name=f"worker{i}", max_batch=max_batch,
+                                              eoa_id=tts.eoa_id, pad_id=PAD_ID, threads=threads))
+            self.codecs.append(CodecWorker(name=f"codec{i}", threads=threads))
+        self._streams: set[SpeechStream] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._next_id = 0
+
+    def open(self, config: StreamConfig | None = None, *, sink: Callable[[AudioChunk | None], None] | None = None,
+             request_id: str | None = None) -> SpeechStream:
+        """A new stream. `sink` receives chunks in order and None at the end (called from engine
+        threads: it must not block); without a sink, read the chunks with `stream.chunks()`."""
+        with self._lock:
+            if self._closed:
+                raise LLMVoXError("the speech engine is shut down")
+            self._next_id += 1
+            rid = request_id or f"s{self._next_id}"
+            stream = SpeechStream(self, (config or self.config).validate(), sink=sink, request_id=rid)
+            self._streams.add(stream)
+        return stream
+
+    def _forget(self, stream: SpeechStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "streams": len(self._streams),
+            "workers": [
+                {"name": w.name, "device": str(d), "active_segments": w.active, "queued_segments": w.queued,
+                 "codec_queue": c.queued, "steps": w.stats.steps, "tokens": w.stats.tokens,
+                 "decoder_busy_seconds": w.stats.busy_seconds, "codec_busy_seconds": c.busy_seconds,
+                 "codec_decodes": c.decodes}
+                for w, c, d in zip(self.workers, self.codecs, self.devices, strict=True)
+            ],
+        }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel every stream and stop the threads."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+        for s in streams:
+            s.cancel()
+        for w in self.workers:
+            w.close(timeout)
+        for c in self.codecs:
+            c.close(timeout)
+
+    def __enter__(self) -> SpeechEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _device(device: str | torch.device) -> torch.device:
+    from llmvox.api import resolve_device
+
+    return resolve_device(device)
+
+
+def _replica(tts: LLMVoX, device: torch.device) -> tuple[Any, Any]:
+    """The voice's decoder and codec on `device` (shared, not copied, on the voice's own device)."""
+    if device == tts.device:
+        return tts.decoder, tts.codec
+    return copy.deepcopy(tts.decoder).to(device).eval(), copy.deepcopy(tts.codec).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# one stream
+
+
+@dataclass
+class _Chunk:
+    """A planned chunk: new codes [start, end) of its segment, audio frames [emit_start, emit_end)."""
+
+    index: int
+    start: int
+    end: int
+    emit_start: int
+    emit_end: int
+    final: bool
+    head: np.ndarray | None = None  # decoded audio for the emitted frames
+    tail: np.ndarray | None = None  # decoded audio for held-back frames (context join)
+    ready: bool = False
+
+
+@dataclass
+class _Segment:
+    index: int
+    lane: int
+    words: list[str] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)  # ids fed before the job started
+    text_done: bool = False
+    codes: list[int] = field(default_factory=list)
+    done: bool = False
+    job: SegmentJob | None = None
+    chunks: list[_Chunk] = field(default_factory=list)
+    planned: int = 0  # codes covered by planned chunks
+    emitted: int = 0  # frames covered by planned chunks' emit ranges
+    submitted: int = 0  # chunks handed to the codec
+    delivered: int = 0  # chunks passed to the sink
+    offset: int | None = None  # global code index of this segment's first code (all earlier done)
+
+
+class _Lane:
+    def __init__(self, worker: int, dump: int):
+        self.worker = worker
+        self.dump = dump
+        self.queue: deque[_Segment] = deque()
+        self.running: _Segment | None = None
+
+
+_END = object()
+
+
+class SpeechStream:
+    """One utterance: `feed()` text deltas, `flush()` to close the pending sentence, `end()` when the
+    text is complete, `cancel()` to stop at once. Audio goes to the sink (or `chunks()`) in order."""
+
+    def __init__(self, engine: SpeechEngine, config: StreamConfig, *,
+                 sink: Callable[[AudioChunk | None], None] | None, request_id: str):
+        self.engine = engine
+        self.config = config
+        self.request_id = request_id
+        self.max_audio_length = config.max_audio_length or engine.tts.max_audio_length
+        self._queue: queue.Queue | None = None
+        if sink is None:
+            self._queue = queue.Queue()
+            sink = self._queue.put
+        self._sink = sink
+        self._lock = threading.RLock()
+        self._text = SpeakableStream(normalize=config.normalize, max_chars=config.max_sentence_chars)
+        self._segments: list[_Segment] = []
+        self._open: _Segment | None = None
+        n = engine.num_workers
+        self._lanes = [_Lane(i, config.initial_dump_size_1 if i == 0 else config.initial_dump_size_2)
+                       for i in range(n)]
+        self._history: list[int] = []  # codes of the leading run of finished segments
+        self._history_segments = 0
+        self._next_delivery = 0
+        self._ended = False
+        self._finished = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.created_at = time.perf_counter()
+        self.first_audio_at: float | None = None
+        self.finished_at: float | None = None
+        self.audio_samples = 0
+        self.text_chars = 0
+
+    # ---- input -------------------------------------------------------------------------------
+    def feed(self, delta: str) -> None:
+        """Add text (any split: sub-words, words, sentences)."""
+        if not delta:
+            return
+        with self._lock:
+            self._check_open()
+            self.text_chars += len(delta)
+            for word in self._text.feed(delta):
+                self._add_word(word)
+
+    def flush(self) -> int:
+        """Speak all text so far (closes the pending sentence). Returns the number of segments."""
+        with self._lock:
+            self._check_open()
+            for word in self._text.flush():
+                self._add_word(word)
+            self._close_open_segment()
+            return len(self._segments)
+
+    def end(self) -> None:
+        """No more text: the stream ends when everything is spoken."""
+        with self._lock:
+            if self._ended or self.cancelled:
+                return
+            self.flush()
+            self._ended = True
+            self._maybe_finish()
+
+    def cancel(self) -> None:
+        """Stop now: drop pending text, free the decoder rows, end the output."""
+        with self._lock:
+            if self.cancelled or self._finished:
+                return
+            self.cancelled = True
+            for seg in self._segments:
+                if seg.job is not None and not seg.done:
+                    seg.job.cancel()
+            for lane in self._lanes:
+                lane.queue.clear()
+            self._finish()
+
+    def fail(self, exc: BaseException) -> None:
+        """End the stream with an error (e.g. the text source broke)."""
+        with self._lock:
+            if self._finished:
+                return
+            self.error = exc
+            for seg in self._segments:
+                if seg.job is not None and not seg.done:
+                    seg.job.cancel()
+            self._finish()
+
+    # ---- output ------------------------------------------------------------------------------
+    def chunks(self, timeout: float | None = None) -> Iterator[AudioChunk]:
+        """Chunks in order until the stream ends (only for streams opened without a sink)."""
+        if self._queue is None:
+            raise RuntimeError("this stream delivers to its sink; chunks() needs a stream opened without one")
+        while True:
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise LLMVoXError(f"no audio for {timeout} s") from None
+            if item is None:
+                if self.error is not None:
+                    raise LLMVoXError(f"speech generation failed: {self.error}") from self.error
+                return
+            yield item
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.audio_samples / self.engine.sample_rate
+
+    def segment_codes(self, index: int) -> list[int]:
+        return list(self._segments[index].codes)
+
+    @property
+    def codes(self) -> list[int]:
+        """All codes generated so far, in stream order (for tests and analysis)."""
+        return [c for s in self._segments for c in s.codes]
+
+    def timings(self) -> dict[str, float | None]:
+        end = self.finished_at or time.perf_counter()
+        ttfa = None if self.first_audio_at is None else self.first_audio_at - self.created_at
+        secs = self.audio_seconds
+        return {"time_to_first_audio": ttfa, "elapsed": end - self.created_at, "audio_seconds": secs,
+                "real_time_factor": (end - self.created_at) / secs if secs > 0 else None}
+
+    # ---- text -> segments ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.cancelled:
+            raise LLMVoXError("the stream was cancelled")
+        if self._ended:
+            raise LLMVoXError("the stream has ended; open a new one for more text")
+        if self.error is not None:
+            raise LLMVoXError(f"the stream failed: {self.error}")
+
+    def _add_word(self, word: SpeakableWord) -> None:
+        seg = self._open
+        if seg is None:
+            seg = _Segment(index=len(self._segments), lane=len(self._segments) % len(self._lanes))
+            self._segments.append(seg)
+            self._open = seg
+            lane = self._lanes[seg.lane]
+            lane.queue.append(seg)
+        seg.words.append(word.text)
+        self._feed_segment(seg, encode_chunk(word.text, ends_sentence=word.ends_sentence), word.ends_sentence)
+        if word.ends_sentence:
+            self._open = None
+        self._start_lane(self._lanes[seg.lane])
+
+    def _close_open_segment(self) -> None:
+        """A sentence left open by the text stage is closed with the sentence-end id: the same ids as
+        if its last word had been marked (`</s>` is already there, 385 follows it)."""
+        seg = self._open
+        if seg is not None:
+            self._feed_segment(seg, [SENTENCE_END_ID], True)
+            self._open = None
+
+    def _feed_segment(self, seg: _Segment, ids: list[int], last: bool) -> None:
+        if seg.job is None:
+            seg.pending_ids.extend(ids)
+            seg.text_done = seg.text_done or last
+        else:
+            seg.text_done = seg.text_done or last
+            seg.job.feed(ids, last=last)
+
+    def _start_lane(self, lane: _Lane) -> None:
+        if lane.running is not None or not lane.queue or self.cancelled:
+            return
+        seg = lane.queue.popleft()
+        lane.running = seg
+        job = SegmentJob(lambda _job, codes, finished, seg=seg: self._on_codes(seg, codes, finished),
+                         max_audio_length=self.max_audio_length, tag=f"{self.request_id}/{seg.index}")
+        job.feed(seg.pending_ids, last=seg.text_done)
+        seg.pending_ids = []
+        seg.job = job
+        self.engine.workers[lane.worker].submit(job)
+
+    # ---- codes -> chunks ---------------------------------------------------------------------
+    def _on_codes(self, seg: _Segment, codes: list[int], finished: bool) -> None:
+        """Worker thread: new codes of a segment; plan chunks, start the lane's next segment."""
+        with self._lock:
+            if self.cancelled or self._finished:
+                return
+            job = seg.job
+            if job is not None and job.error is not None:
+                self.fail(job.error)
+                return
+            lane = self._lanes[seg.lane]
+            cfg = self.config
+            seg.codes.extend(codes)
+            while len(seg.codes) - seg.planned >= lane.dump:
+                self._plan_chunk(seg, seg.planned + lane.dump, final=False)
+                lane.dump = min(lane.dump * 3, cfg.max_dump_size)
+            if finished:
+                self._plan_chunk(seg, len(seg.codes), final=True)
+                for _ in range(2):  # the original grows once for the last chunk, once for the sentence end
+                    lane.dump = min(lane.dump * 3, cfg.max_dump_size)
+                seg.done = True
+                lane.running = None
+                self._advance_history()
+                self._start_lane(lane)
+            self._submit_ready()
+            self._deliver()
+
+    def _plan_chunk(self, seg: _Segment, end: int, final: bool) -> None:
+        hold = 0 if final or self.config.chunk_join == "original" else self.config.lookahead_frames
+        emit_end = end if final else max(seg.emitted, end - hold)
+        seg.chunks.append(_Chunk(len(seg.chunks), seg.planned, end, seg.emitted, emit_end, final))
+        seg.planned = end
+        seg.emitted = emit_end
+
+    def _advance_history(self) -> None:
+        """Extend the run of finished leading segments (their codes are the left context of the next)."""
+        segs = self._segments
+        while self._history_segments < len(segs) and segs[self._history_segments].done:
+            seg = segs[self._history_segments]
+            seg.offset = len(self._history)
+            self._history.extend(seg.codes)
+            self._history_segments += 1
+        if self._history_segments < len(segs):
+            segs[self._history_segments].offset = len(self._history)
+
+    def _submit_ready(self) -> None:
+        cfg = self.config
+        context = cfg.chunk_join == "context"
+        for seg in self._segments:
+            if seg.submitted == len(seg.chunks):
+                continue
+            if context and seg.offset is None:
+                break  # earlier segments are still generating: their codes are this one's left context
+            while seg.submitted < len(seg.chunks):
+                chunk = seg.chunks[seg.submitted]
+                seg.submitted += 1
+                self._submit_chunk(seg, chunk, context)
+
+    def _submit_chunk(self, seg: _Segment, chunk: _Chunk, context: bool) -> None:
+        engine = self.engine
+        codec = engine.codec_models[seg.lane]
+        if context:
+            assert seg.offset is not None
+            begin = seg.offset + chunk.emit_start  # global frame of the first emitted sample
+            first = max(0, begin - self.config.context_frames)
+            window = self._history[first:seg.offset] if first < seg.offset else []
+            window = window + seg.codes[max(0, first - seg.offset):chunk.end]
+            lead = begin - first  # context frames before the emitted ones
+            emit = chunk.emit_end - chunk.emit_start
+            start_frame = begin
+        else:
+            window = seg.codes[chunk.start:chunk.end]
+            lead, emit = 0, chunk.end - chunk.start
+            start_frame = (seg.offset if seg.offset is not None else len(self._history)) + chunk.start
+        hop = engine.hop
+        base = self.first_audio_at or self.created_at
+        deadline = base + start_frame * hop / engine.sample_rate
+
+        def run() -> None:
+            if not window:
+                audio = np.zeros(0, dtype=np.float32)
+            else:
+                codes = torch.tensor([window], dtype=torch.long, device=codec.device)
+                audio = codec.decode_codes(codes)[0].float().cpu().numpy()
+            head = audio[lead * hop:(lead + emit) * hop]
+            tail = audio[(lead + emit) * hop:] if context else None
+            self._on_audio(seg, chunk, head, tail)
+
+        engine.codecs[seg.lane].submit(run, deadline, alive=lambda: not (self.cancelled or self._finished))
+
+    def _on_audio(self, seg: _Segment, chunk: _Chunk, head: np.ndarray, tail: np.ndarray | None) -> None:
+        with self._lock:
+            if self.cancelled or self._finished:
+                return
+            chunk.head, chunk.tail, chunk.ready = head, tail, True
+            self._deliver()
+
+    # ---- ordered delivery ----------------------------------------------------------------------
+    def _deliver(self) -> None:
+        fade = self.config.crossfade_samples if self.config.chunk_join == "context" else 0
+        while self._next_delivery < len(self._segments) and not self._finished:
+            seg = self._segments[self._next_delivery]
+            while seg.delivered < len(seg.chunks) and seg.chunks[seg.delivered].ready:
+                chunk = seg.chunks[seg.delivered]
+                samples = chunk.head if chunk.head is not None else np.zeros(0, np.float32)
+                if fade and seg.delivered > 0:
+                    prev = seg.chunks[seg.delivered - 1]
+                    samples = _crossfade(prev.tail, samples, fade)
+                    prev.tail = None
+                samples = np.ascontiguousarray(samples, dtype=np.float32)
+                if len(samples) and self.first_audio_at is None:
+                    self.first_audio_at = time.perf_counter()
+                self.audio_samples += len(samples)
+                text = " ".join(seg.words) if chunk.index == 0 else None
+                self._sink(AudioChunk(samples, seg.index, chunk.index, chunk.final, text))
+                chunk.head = None
+                seg.delivered += 1
+            if seg.done and seg.delivered == len(seg.chunks):
+                self._next_delivery += 1
+                continue
+            break
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if (self._ended and not self._finished and self._open is None
+                and self._next_delivery == len(self._segments)):
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.finished_at = time.perf_counter()
+        self.engine._forget(self)
+        try:
+            self._sink(None)
+        except Exception:
+            log.exception("[%s] sink failed at the end of the stream", self.request_id)
+
+
+def _crossfade(prev_tail: np.ndarray | None, head: np.ndarray, fade: int) -> np.ndarray:
+    """Blend the previous decode's version of the first samples into this one (raised cosine)."""
+    if prev_tail is None or not len(prev_tail) or not len(head):
+        return head
+    n = min(fade, len(prev_tail), len(head))
+    w = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n)
+    out = head.copy()
+    out[:n] = prev_tail[:n] * (1.0 - w) + head[:n] * w
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python API
+
+
+def stream_speech(tts: LLMVoX, text_deltas: Iterable[str], *, engine: SpeechEngine | None = None,
+                  num_workers: int = 2, max_batch: int = 32, threads: int | None = None,
+                  **options: Any) -> Iterator[np.ndarray]:
+    """float32 audio chunks for text arriving in pieces, as soon as each exists.
+
+    `options` are `StreamConfig` fields (chunk schedule, chunk_join, normalize, ...). Without an
+    `engine`, one is made for this call (its threads stop when the iterator is closed).
+    """
+    own = engine is None
+    config = StreamConfig.from_options(**options)
+    if engine is None:
+        engine = SpeechEngine(tts, num_workers=num_workers, max_batch=max_batch, threads=threads, config=config)
+    stream = engine.open(config)
+
+    def produce() -> None:
+        try:
+            for delta in text_deltas:
+                if stream.done:
+                    return
+                stream.feed(delta)
+            stream.end()
+        except LLMVoXError:
+            if not stream.cancelled:
+                raise
+        except BaseException as exc:  # the text source failed: end the audio with its error
+            stream.fail(exc)
+
+    feeder = threading.Thread(target=produce, name="llmvox-text-feeder", daemon=True)
+    feeder.start()
+    try:
+        for chunk in stream.chunks():
+            if len(chunk.samples):
+                yield chunk.samples
+    finally:
+        stream.cancel()
+        if own:
+            engine.close()
+

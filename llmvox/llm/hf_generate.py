@@ -1,0 +1,182 @@
+"""Streaming `generate()` for every transformers-based backend (text, vision, audio+vision).
+
+transformers generates in a blocking call, so the call runs in a worker thread and hands text to the
+caller through a `TextIteratorStreamer`. Two things the plain recipe lacks, done here once:
+- cancellation reaches the model: a stopping criterion reads the cancel event at every step, so a client
+  that hangs up stops the token loop (not just the reading of its output);
+- errors reach the caller: an exception in the worker becomes an `LLMVoXError` in the consumer, instead
+  of a consumer that waits forever on an empty queue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from llmvox.errors import LLMVoXError
+
+
+class StopText:
+    """Cuts a text stream at the first stop string, holding back only what could start one.
+
+    Deltas arrive in arbitrary pieces, so a stop string may straddle two of them; the tail that is a
+    prefix of some stop string waits until the next delta decides.
+    """
+
+    def __init__(self, stops: list[str] | None) -> None:
+        self.stops = [s for s in (stops or []) if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        """Text that is safe to emit now (empty once a stop string was seen)."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return delta
+        text = self._held + delta
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self._held = True, ""
+            return text[:cut]
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        self._held = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What was held back when the stream ended without completing a stop string."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+
+def sampling_kwargs(temperature: float, top_p: float, top_k: int) -> dict[str, Any]:
+    """generate() sampling arguments; temperature <= 0 means greedy decoding."""
+    if temperature is None or temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p),
+            "top_k": int(top_k) if top_k and top_k > 0 else None}
+
+
+def stream_generate(model, tokenizer, inputs: dict[str, Any], *, max_new_tokens: int, sampling: dict[str, Any],
+                    eos_token_ids: list[int] | None, pad_token_id: int | None, stop: list[str] | None,
+                    cancel: threading.Event | None, on_token=None, seed: int | None = None) -> Iterator[str]:
+    """Run `model.generate(**inputs)` in a thread and yield decoded text as it is produced.
+
+    `on_token()` is called once per generated token (in the worker thread): backends count tokens with
+    it. Closing the returned iterator early (the consumer stops reading) also stops the generation.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    halt = threading.Event()  # set by the consumer going away, or by the caller's cancel event
+
+    class _Halt(StoppingCriteria):
+        """Stops at the next step once cancelled; also the per-token hook."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if on_token is not None:
+                on_token()
+            stop_now = halt.is_set() or (cancel is not None and cancel.is_set())
+            return torch.full((input_ids.shape[0],), stop_now, dtype=torch.bool, device=input_ids.device)
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(inputs)
+    kwargs.update(sampling)
+    kwargs.update(max_new_tokens=int(max_new_tokens), streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([_Halt()]))
+    if eos_token_ids:
+        kwargs["eos_token_id"] = eos_token_ids
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed)  # global RNG: backends run one generation at a time
+                model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+            failure.append(exc)
+            streamer.end()  # wake the consumer; generate() did not get to end the stream
+
+    worker = threading.Thread(target=work, name="llm-generate", daemon=True)
+    worker.start()
+    stops = StopText(stop)
+    try:
+        for text in streamer:
+            if cancel is not None and cancel.is_set():
+                break
+            out = stops.feed(text)
+            if out:
+                yield out
+            if stops.stopped:
+                break
+        else:
+            tail = stops.flush()
+            if tail and not failure:
+                yield tail
+    finally:
+        halt.set()
+        worker.join()
+    if failure and not (cancel is not None and cancel.is_set()):
+        exc = failure[0]
+        raise LLMVoXError(f"the LLM failed while generating: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' -> cuda when present, else cpu; a CUDA device that is missing is a user error."""
+    import torch
+
+    device = (device or "cpu").strip()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LLMVoXError(f"--llm_device {device}: CUDA is not available on this machine (use cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """'auto' -> bfloat16 on GPUs, float32 on the CPU (bf16 matmuls are slow on many CPUs)."""
+    import torch
+
+    name = (dtype or "auto").lower()
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise LLMVoXError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return table[name]
+
+
+def load_failure(what: str, source: str, exc: BaseException) -> LLMVoXError:
+    """One message for every 'could not load a model' case (missing folder, offline hub id, bad files)."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return LLMVoXError(f"cannot load {what} from {source!r}: {text}")
+
+
+def eos_ids(model, tokenizer, eos_token: str | None) -> list[int]:
+    """The ids that end a turn: the model's and tokenizer's EOS plus `--eos_token` when known.
+
+    The original's default `--eos_token <|eot_id|>` is Llama-3's; other models do not know it, so an
+    unknown token is ignored rather than failing.
+    """
+    ids: list[int] = []
+    generation_config = getattr(model, "generation_config", None)
+    for own in (getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(own, int):
+            ids.append(own)
+        elif isinstance(own, (list, tuple)):
+            ids.extend(int(i) for i in own)
+    if eos_token:
+        vocab = tokenizer.get_vocab()
+        if eos_token in vocab:
+            ids.append(int(vocab[eos_token]))
+    return sorted(set(ids))

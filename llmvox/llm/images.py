@@ -1,0 +1,86 @@
+"""Images from clients: base64 strings, data URLs or uploaded bytes -> RGB PIL images, with limits.
+
+Vision chat takes pictures from strangers, so every image is checked before a model sees it: it must
+decode as an image, there may only be so many, and its size (bytes and pixels) is capped, both to keep
+the server's memory bounded and to refuse decompression bombs with a clear message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+
+from llmvox.errors import LLMVoXError
+from llmvox.input_errors import InputError, InputTooLarge
+
+INSTALL_PILLOW = "pip install pillow"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps for one request; the defaults suit phone photos and screenshots."""
+
+    max_images: int = 4
+    max_bytes: int = 20 * 1024 * 1024  # encoded size of one image
+    max_pixels: int = 40_000_000  # width x height of one image (a 7,000 x 5,700 photo)
+
+
+def decode_base64(data: str, what: str = "image_base64") -> bytes:
+    """Strict base64 (a `data:...;base64,` prefix and whitespace allowed) -> bytes."""
+    if not isinstance(data, str):
+        raise InputError(f"{what} must be a base64 string")
+    text = data.strip()
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise InputError(f"{what}: only base64 data URLs are supported")
+    text = "".join(text.split())
+    if not text:
+        raise InputError(f"{what} is empty")
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not valid base64") from None
+
+
+def load_image(data: bytes | str, *, limits: ImageLimits = ImageLimits(), what: str = "image"):
+    """Bytes of an image file, or its base64 text -> an RGB PIL image (LLMVoXError if it is not one)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise LLMVoXError(f"images need Pillow; run: {INSTALL_PILLOW}") from None
+    raw = decode_base64(data, what) if isinstance(data, str) else bytes(data)
+    if not raw:
+        raise InputError(f"{what} is empty")
+    if len(raw) > limits.max_bytes:
+        raise InputTooLarge(f"{what} is {len(raw) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.1f} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise InputTooLarge(f"{what} is {width}x{height} pixels; the limit is {limits.max_pixels:,} pixels")
+            image.load()
+    except LLMVoXError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{what} is not a readable image (or is absurdly large)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{what} is damaged or truncated ({exc})") from None
+    if width < 1 or height < 1:
+        raise InputError(f"{what} has no pixels")
+    return image.convert("RGB")
+
+
+def load_images(items: list[bytes | str] | None, *, limits: ImageLimits = ImageLimits()) -> list:
+    """Several images (the `image_list` of /multimodalchat); refuses more than `limits.max_images`."""
+    items = list(items or [])
+    if len(items) > limits.max_images:
+        raise InputTooLarge(f"{len(items)} images sent; the limit is {limits.max_images}")
+    return [load_image(item, limits=limits, what=f"image {i + 1}") for i, item in enumerate(items)]

@@ -1,0 +1,56 @@
+"""Server settings: one dataclass that the CLI fills and the app factory reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmvox.engine.stream import StreamConfig
+from llmvox.errors import LLMVoXError
+
+CHAT_TYPES = ("tts", "text", "voice", "visual_speech", "multimodal")
+
+
+@dataclass
+class ServerSettings:
+    """Everything the server needs besides the voice itself."""
+
+    host: str = "0.0.0.0"
+    port: int = 5003
+    chat_type: str = "tts"
+    api_key: str | None = None  # when set, every route but /health and / needs `Authorization: Bearer KEY`
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    max_text_chars: int = 4096  # per request (and per WebSocket text message)
+    max_streams: int = 16  # streams served at once
+    max_queue: int = 32  # requests allowed to wait for a free stream
+    queue_timeout: float = 10.0  # seconds a request may wait before a 503
+    num_workers: int = 2
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    max_batch: int = 32  # decoder rows per worker
+    threads: int | None = None  # torch threads per worker thread (None: cores / (2 * workers))
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    shutdown_timeout: float = 10.0  # graceful shutdown: seconds streams get to finish
+    model_name: str = "llmvox"
+    chat_options: dict[str, Any] = field(default_factory=dict)  # original chat flags, for the chat routes
+
+    def validate(self) -> ServerSettings:
+        if self.chat_type not in CHAT_TYPES:
+            raise LLMVoXError(f"--chat_type must be one of {', '.join(CHAT_TYPES)} (got {self.chat_type!r})")
+        if not 0 < self.port < 65536:
+            raise LLMVoXError(f"--api_port must be 1-65535 (got {self.port})")
+        if self.max_text_chars < 1:
+            raise LLMVoXError("--max_text_chars must be at least 1")
+        if self.max_streams < 1:
+            raise LLMVoXError("--max_streams must be at least 1")
+        if self.max_queue < 0 or self.queue_timeout < 0:
+            raise LLMVoXError("--max_queue and --queue_timeout must not be negative")
+        if self.num_workers < 1:
+            raise LLMVoXError("--num_workers must be at least 1")
+        if self.max_batch < 1:
+            raise LLMVoXError("--max_batch must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise LLMVoXError("--threads must be at least 1")
+        if not self.devices:
+            self.devices = ["cpu"]
+        self.stream.validate()
+        return self
