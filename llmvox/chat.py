@@ -12,6 +12,7 @@ an LLM that breaks off after speech started ends the answer with a short spoken 
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -58,6 +59,7 @@ class ChatSettings:
     seed: int | None = None
     asr_language: str | None = "english"
     asr_translate: bool = False
+    pcm_rate: int = ASR_RATE  # rate of the int16 PCM in audio_base64 (--asr_sample_rate)
     audio: AudioLimits = field(default_factory=AudioLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
 
@@ -123,6 +125,76 @@ class ChatRequest:
                    target_language=target_language)
 
 
+def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bool, has_asr: bool) -> ChatRequest:
+    """OpenAI chat `messages` -> a ChatRequest for the last user message (earlier ones become history).
+
+    Content parts: `text`, `image_url` (data URLs only: the server fetches nothing), `input_audio`
+    (`{"data": base64, "format": "wav"|"pcm16"|...}`). Audio goes to the LLM itself when it can hear,
+    else through ASR; images need a vision model. System messages from the client replace the server's
+    system prompt (the caller checks `history` for them).
+    """
+    from llmvox.llm.images import decode_base64
+
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ChatError('"messages" must be a non-empty list of {"role", "content"} objects')
+    *earlier, last = messages
+    if last.get("role") != "user":
+        raise ChatError("the last message must be the user's")
+    history = []
+    for message in earlier:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if message.get("role") not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise ChatError("earlier messages must be system, user or assistant turns with text content")
+        history.append({"role": message["role"], "content": content})
+    content = last.get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ChatError("message content must be a string or a list of content parts")
+    texts, images, audio = [], [], None
+    with _as_chat_error():
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url":
+                url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+                if not isinstance(url, str) or not url.startswith("data:"):
+                    raise ChatError("image_url must be a data: URL (base64); the server fetches no URLs")
+                images.append(url)
+            elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+                if audio is not None:
+                    raise ChatError("send one input_audio part per message")
+                spec = part["input_audio"]
+                data = spec.get("data")
+                if not isinstance(data, str):
+                    raise ChatError("input_audio.data must be a base64 string")
+                if str(spec.get("format", "wav")).lower() in ("pcm16", "pcm", "s16le"):
+                    raw = decode_base64(data, "input_audio.data")
+                    samples = decode_audio_base64(base64.b64encode(raw).decode("ascii"), pcm_rate=settings.pcm_rate)
+                else:
+                    samples = decode_file(decode_base64(data, "input_audio.data"), ASR_RATE, "input_audio")
+                audio = check_speech(samples, ASR_RATE, settings.audio, "input_audio")
+            else:
+                raise ChatError(f"unsupported content part {kind!r}: use text, image_url or input_audio")
+        pictures = load_images(images, limits=settings.images)
+    text = "".join(texts).strip() or None
+    if audio is None and text is None:
+        raise ChatError("the user message has no text and no audio")
+    if audio is not None and llm_hears:
+        mode = "multimodal"
+    elif audio is not None:
+        if not has_asr:
+            raise ChatError("this server cannot take audio (no speech recognition, and the LLM cannot hear)", 409)
+        mode = "visual_speech" if pictures else "voice"
+        if text:
+            raise ChatError("send either text or input_audio to this server, not both (its LLM cannot hear)")
+    else:
+        mode = "visual_speech" if pictures else "text"
+    return ChatRequest(mode=mode, text=text, audio=audio, images=pictures, history=history)
+
+
 def _opt_str(body: dict, key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
@@ -134,7 +206,7 @@ def _speech_field(body: dict, settings: ChatSettings) -> np.ndarray:
     data = body.get("audio_base64")
     if not isinstance(data, str):
         raise ChatError('"audio_base64" must be a base64 string (int16 PCM at 16 kHz, or an audio file)')
-    samples = decode_audio_base64(data, pcm_rate=ASR_RATE, rate=ASR_RATE)
+    samples = decode_audio_base64(data, pcm_rate=settings.pcm_rate, rate=ASR_RATE)
     return check_speech(samples, ASR_RATE, settings.audio, "audio_base64")
 
 
@@ -239,7 +311,9 @@ class ChatTurn:
 
                 audio = resample(audio, ASR_RATE, rate)
             parts.append({"type": "audio", "audio": audio, "sampling_rate": rate})
-            if not request.images:
+            if request.text:
+                parts.append({"type": "text", "text": request.text})
+            elif not request.images:
                 parts.append({"type": "text", "text": AUDIO_ONLY_INSTRUCTION})
         else:
             if request.images and not getattr(self.llm, "accepts_images", False):
@@ -351,3 +425,81 @@ class TranscriptStore:
                 self._items.popitem(last=False)
             else:
                 break
+
+
+# ---- command-line wiring (for `llmvox serve` and `streaming_server.py`) --------------------------------
+def _bool(text: str) -> bool:
+    """The original parsed `--asr_enable_translation` with type=bool (any text was True); we parse words."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def add_chat_args(parser) -> None:
+    """LLM flags (`llmvox.llm.select.add_llm_args`), the original's ASR flags and the input limits.
+
+    Flags the parser already has are left alone, so a server CLI can call this after defining its own.
+    """
+    from llmvox.llm.select import _add, add_llm_args
+
+    add_llm_args(parser)
+    group = parser.add_argument_group("ASR and chat input (default ASR: the embedded Whisper base)")
+    _add(group, "asr_model", default=None, metavar="DIR|base",
+         help="CTranslate2 Whisper folder, or base (the embedded model; the default)")
+    _add(group, "asr_device", default="cpu", help="cpu or cuda (default cpu)")
+    _add(group, "asr_threads", type=int, default=None, help="CPU threads for Whisper (default: half the cores)")
+    _add(group, "asr_sample_rate", type=int, default=ASR_RATE,
+         help="sample rate of the int16 PCM in audio_base64 (default 16000)")
+    _add(group, "asr_max_audio_length", type=float, default=60.0, help="longest question in seconds (default 60)")
+    _add(group, "asr_default_language", default="english", help="language of questions (name or code; auto detects)")
+    _add(group, "asr_enable_translation", type=_bool, default=False, metavar="BOOL",
+         help="translate questions into English when target_language differs (default false)")
+    _add(group, "max_images", type=int, default=4, help="images per request (default 4)")
+    _add(group, "max_image_mb", type=float, default=20.0, help="size of one encoded image in MB (default 20)")
+
+
+def settings_from_args(args) -> ChatSettings:
+    """ChatSettings from parsed flags (missing ones take their defaults)."""
+    get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
+    defaults = ChatSettings()
+    return ChatSettings(
+        system_prompt=get("system_prompt", defaults.system_prompt), max_tokens=get("llm_max_tokens", 1000),
+        temperature=get("llm_temperature", 0.7), top_p=get("llm_top_p", 0.95), top_k=get("llm_top_k", 40),
+        eos_token=get("eos_token", defaults.eos_token), asr_language=get("asr_default_language", "english"),
+        asr_translate=bool(get("asr_enable_translation", False)),
+        pcm_rate=int(float(get("asr_sample_rate", ASR_RATE))),
+        audio=AudioLimits(max_seconds=float(get("asr_max_audio_length", 60.0))),
+        images=ImageLimits(max_images=int(get("max_images", 4)),
+                           max_bytes=int(float(get("max_image_mb", 20.0)) * 1024 * 1024)))
+
+
+WHISPER_SIZES = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en", "large",
+                 "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo", "distil-large-v3")
+
+
+def asr_from_args(args):
+    """The Whisper model the flags name, or None for chat types that need no ASR (text, multimodal).
+
+    The original's `--asr_model` took size names (default small) that it downloaded; offline only the
+    embedded base exists, so a size name that is not a local folder uses the embedded base (logged).
+    """
+    import os
+
+    if getattr(args, "chat_type", "voice") not in ("voice", "visual_speech"):
+        return None
+    from llmvox.asr.whisper import WhisperASR
+
+    model = getattr(args, "asr_model", None)
+    if model and str(model).lower() in WHISPER_SIZES and not os.path.isdir(str(model)):
+        if str(model).lower() != "base":
+            log.warning("--asr_model %s is not available offline; using the embedded Whisper base "
+                        "(pass a CTranslate2 Whisper folder to use another model)", model)
+        model = None
+    device = (getattr(args, "asr_device", None) or "cpu").split(":", 1)[0]
+    threads = getattr(args, "asr_threads", None) or max(1, (os.cpu_count() or 2) // 2)
+    return WhisperASR(model, device=device, threads=threads, beam_size=1,
+                      language=getattr(args, "asr_default_language", None) or "english",
+                      translate=bool(getattr(args, "asr_enable_translation", False)))

@@ -195,3 +195,13 @@ def stop_process(process: subprocess.Popen) -> None:
     log = getattr(process, "_llmvox_log", None)
     if log is not None:
         log.close()
+
+
+QUESTION = "What is the capital of France?"
+
+
+def speak(text: str = QUESTION) -> tuple[np.ndarray, int]:
+    """The teacher voice (hibari-tts, 24 kHz) saying `text`."""
+    from llmvox.train.teachers import HibariTeacher
+
+    return HibariTeacher(threads=1).speak(text)

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from _chat_models import (
     build_audio_lm,
     build_causal_lm,
@@ -19,6 +18,7 @@ from _chat_models import (
     start_llamacpp_server,
     stop_process,
 )
+
 from llmvox.errors import LLMVoXError
 from llmvox.llm.hf_generate import StopText
 

@@ -128,8 +128,11 @@ class WhisperASR:
                  translate: bool = False) -> None:
         if importlib.util.find_spec("faster_whisper") is None:
             raise LLMVoXError("speech recognition needs faster-whisper: pip install faster-whisper")
+        import logging
+
         from faster_whisper import WhisperModel
 
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip at INFO
         if model in (None, "", "base"):
             folder = whisper_base_dir()
         else:

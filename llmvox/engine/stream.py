@@ -111,7 +111,8 @@ class SpeechEngine:
     """N workers (decoder + codec per device) shared by every stream; open streams with `open()`."""
 
     def __init__(self, tts: LLMVoX, *, num_workers: int = 2, devices: list[str] | None = None,
-                 max_batch: int = 32, threads: int | None = None, config: StreamConfig | None = None):
+                 max_batch: int = 32, threads: int | None = None, config: StreamConfig | None = None,
+                 pad_id: int = PAD_ID):
         if num_workers < 1:
             raise LLMVoXError("num_workers must be at least 1")
         self.tts = tts
@@ -135,7 +136,7 @@ class SpeechEngine:
             self.devices.append(dev)
             self.codec_models.append(codec)
             self.workers.append(DecoderWorker(decoder, name=f"worker{i}", max_batch=max_batch,
-                                              eoa_id=tts.eoa_id, pad_id=PAD_ID, threads=threads))
+                                              eoa_id=tts.eoa_id, pad_id=pad_id, threads=threads))
             self.codecs.append(CodecWorker(name=f"codec{i}", threads=threads))
         self._streams: set[SpeechStream] = set()
         self._lock = threading.Lock()
@@ -375,6 +376,11 @@ class SpeechStream:
         return list(self._segments[index].codes)
 
     @property
+    def sentences(self) -> list[list[str]]:
+        """The words of each segment as fed to the decoder (after normalisation)."""
+        return [list(s.words) for s in self._segments]
+
+    @property
     def codes(self) -> list[int]:
         """All codes generated so far, in stream order (for tests and analysis)."""
         return [c for s in self._segments for c in s.codes]
@@ -399,6 +405,8 @@ class SpeechStream:
         seg = self._open
         if seg is None:
             seg = _Segment(index=len(self._segments), lane=len(self._segments) % len(self._lanes))
+            if self._history_segments == seg.index:  # every earlier segment is done: its context is known
+                seg.offset = len(self._history)
             self._segments.append(seg)
             self._open = seg
             lane = self._lanes[seg.lane]

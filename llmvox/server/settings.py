@@ -7,6 +7,7 @@ from typing import Any
 
 from llmvox.engine.stream import StreamConfig
 from llmvox.errors import LLMVoXError
+from llmvox.text.tokenizer import PAD_ID
 
 CHAT_TYPES = ("tts", "text", "voice", "visual_speech", "multimodal")
 
@@ -31,6 +32,7 @@ class ServerSettings:
     stream: StreamConfig = field(default_factory=StreamConfig)
     shutdown_timeout: float = 10.0  # graceful shutdown: seconds streams get to finish
     model_name: str = "llmvox"
+    pad_id: int = PAD_ID
     chat_options: dict[str, Any] = field(default_factory=dict)  # original chat flags, for the chat routes
 
     def validate(self) -> ServerSettings:

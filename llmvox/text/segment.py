@@ -12,8 +12,8 @@ audio would then wait for the LLM to finish the first sentence. The decoder inst
    '.', so "3." + "5" is never split), treating a fenced code block as one segment.
 2. Inside the unfinished sentence, the normaliser's pieces (see `llmvox.text.normalize`) are final
    once RULE_SPAN_WORDS complete words follow them, because no rule reaches further. Their words are
-   emitted then, all but the last one (a later "!" may still attach to it). So a word leaves about
-   three words after the LLM wrote it, not at the end of the sentence.
+   emitted then, all but the last one (a later "!" may still attach to it). So a word leaves once the
+   three words after it are complete (about four LLM tokens later), not at the end of the sentence.
 3. When the sentence ends, it is normalised as a whole and its remaining words are emitted, the last
    one marked `ends_sentence`. By construction the words equal `normalize(sentence).split()` (up to
    punctuation attached to neighbours): early emission changes when words leave, never which words.
@@ -82,11 +82,15 @@ _TERMINATORS = frozenset(".?!…")
 _CLOSERS = frozenset(")]}\"'”’»*_`")
 _QUOTES = frozenset("\"'”’»")
 _CANDIDATE = re.compile(r"[.?!…\n]")
+# Every look-ahead is bounded (64 spaces, 32 terminators, 32-character fences), so a decision never
+# waits on an unbounded run and the scan stays linear on any input.
 _SPACE = re.compile(r"\s*")
-_HSPACE = re.compile(r"[ \t]*")
+_LOOK_SPACE = re.compile(r"\s{0,64}")
+_HSPACE = re.compile(r"[ \t]{0,64}")  # the normaliser uses the same bound when it keeps a final '.'
+_MAX_RUN = 32
 _BLOCK_START = re.compile(
-    r"[ \t]*(?:(?P<fence>`{3,}|~{3,})|[-*+•][ \t]|\d{1,3}[.)][ \t]|#{1,6}[ \t]|>|\||-{3,}|\*{3,}|_{3,})")
-_BLOCK_PARTIAL = re.compile(r"[ \t]*(?:`{1,2}|~{1,2}|[-*+•]|\d{1,3}[.)]?|#{1,6}|-{1,2}|\*{1,2}|_{1,2})?\Z")
+    r"[ \t]{0,64}(?:(?P<fence>`{3,32}|~{3,32})|[-*+•][ \t]|\d{1,3}[.)][ \t]|#{1,6}[ \t]|>|\||-{3,}|\*{3,}|_{3,})")
+_BLOCK_PARTIAL = re.compile(r"[ \t]{0,64}(?:`{1,2}|~{1,2}|[-*+•]|\d{1,3}[.)]?|#{1,6}|-{1,2}|\*{1,2}|_{1,2})?\Z")
 _FENCE_TAIL = re.compile(r"[`~]*[ \t]*\Z")
 
 # must agree with the normaliser, which keeps the '.' of an abbreviation exactly where a sentence ends
@@ -96,7 +100,6 @@ _NUMBER_ABBR = {"No.", "no.", "Nos.", "nos."}
 _ACRONYM = re.compile(r"(?:[A-Za-z]\.){2,}")
 _INITIAL = re.compile(r"[A-Z]\.")
 _LIST_NUMBER = re.compile(r"\d{1,3}\.")
-_PREV_INITIAL = re.compile(r"(?:^|\s)[A-Z]\.\s*\Z")
 _TOKEN_OPENERS = "(\"'[*_“‘`"
 
 
@@ -116,6 +119,9 @@ class SentenceSegmenter:
         if max_chars is not None and max_chars < 8:
             raise ValueError("max_chars must be at least 8 (or None for no limit)")
         self.max_chars = max_chars
+        self._reset()
+
+    def _reset(self) -> None:
         self._buf = ""
         self._base = 0  # start of the current segment in _buf
         self._i = 0  # candidates before _i are decided: not boundaries
@@ -123,7 +129,8 @@ class SentenceSegmenter:
         self._line_start = True  # the current segment starts at the beginning of a line
         self._line_kind: str | None = None  # "block" / "plain" for the line being scanned
         self._fence: str | None = None  # marker of the open code fence
-        self._fence_scan = 0
+        self._fence_scan = 0  # where to look for the next line break inside the open block
+        self._fence_line = 0  # start of the block's line being examined
 
     @property
     def pending(self) -> str:
@@ -152,7 +159,7 @@ class SentenceSegmenter:
         rest = self._buf[self._base:].strip()
         if rest:
             out.append(rest)
-        self.__init__(self.max_chars)
+        self._reset()
         return out
 
     # --- internals -------------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class SentenceSegmenter:
         self._base -= n
         self._i -= n
         self._fence_scan = max(0, self._fence_scan - n)
+        self._fence_line = max(0, self._fence_line - n)
 
     def _emit(self, out: list[str], end: int) -> None:
         segment = self._buf[self._base:end].strip()
@@ -195,7 +203,7 @@ class SentenceSegmenter:
                 if kind is _WAIT:
                     break
                 if kind.startswith("`") or kind.startswith("~"):
-                    self._fence, self._fence_scan = kind, self._base
+                    self._fence, self._fence_scan, self._fence_line = kind, self._base, self._base
                     continue
                 self._line_kind = kind
             m = _CANDIDATE.search(buf, self._i)
@@ -225,7 +233,8 @@ class SentenceSegmenter:
         m = _BLOCK_START.match(buf, p)
         if m:
             if m["fence"]:
-                return _WAIT if m.end() == len(buf) and not final else m["fence"]
+                growing = m.end() == len(buf) and len(m["fence"]) < 32 and not final
+                return _WAIT if growing else m["fence"]
             return "block"
         if not final and _BLOCK_PARTIAL.match(buf, p):
             return _WAIT
@@ -235,23 +244,18 @@ class SentenceSegmenter:
         """End of the open code block (after its closing fence line), or None while it is still open."""
         buf, marker = self._buf, self._fence
         assert marker is not None
-        i = self._fence_scan
-        if i == self._base:  # skip the opening line
-            nl = buf.find("\n", i)
-            if nl < 0:
-                return len(buf) if final else None
-            i = nl + 1
         while True:
-            nl = buf.find("\n", i)
+            nl = buf.find("\n", self._fence_scan)
             if nl < 0:
                 if final:
                     return len(buf)
-                self._fence_scan = i
+                self._fence_scan = len(buf)  # the line is unfinished: look again from here
                 return None
-            line = buf[i:nl].lstrip(" \t")
-            if line.startswith(marker) and _FENCE_TAIL.match(line, len(marker)):
+            line = buf[self._fence_line:nl].lstrip(" \t")
+            if (self._fence_line > self._base and line.startswith(marker)
+                    and _FENCE_TAIL.match(line, len(marker))):
                 return nl
-            i = nl + 1
+            self._fence_line = self._fence_scan = nl + 1
 
     def _decide(self, j: int, final: bool) -> tuple[bool, int] | None:
         """Is the candidate at j a boundary? (True, segment end) / (False, resume at) / _WAIT."""
@@ -272,13 +276,15 @@ class SentenceSegmenter:
                 return True, j
             self._line_kind = "plain"
             return False, j + 1
-        k = j
-        while k < n and buf[k] in _TERMINATORS:
+        k, cap = j, min(n, j + _MAX_RUN)
+        while k < cap and buf[k] in _TERMINATORS:
             k += 1
         single_period = k == j + 1 and buf[j] == "."
         run_end = k
-        while k < n and buf[k] in _CLOSERS:
+        while k < cap and buf[k] in _CLOSERS:
             k += 1
+        if k - j == _MAX_RUN:  # "!!!!!!..." without end: a boundary after the first 32
+            return True, k
         if k == n:
             return (True, k) if final else _WAIT
         if not buf[k].isspace():
@@ -313,9 +319,13 @@ class SentenceSegmenter:
             c = buf[q]
             return (c == "\n" or not (c.islower() or c.isdigit() or c in ",;:")), k
         if _INITIAL.fullmatch(token):  # "J. K. Rowling"
-            if _PREV_INITIAL.search(buf[self._base:s]):
+            p = s
+            while p > max(self._base, s - 64) and buf[p - 1].isspace():
+                p -= 1
+            if p - 2 >= self._base and _INITIAL.fullmatch(buf, p - 2, p) and (
+                    p - 2 == self._base or buf[p - 3].isspace()):
                 return False, k
-            q = _SPACE.match(buf, k).end()
+            q = _LOOK_SPACE.match(buf, k).end()
             if q + 2 > n:
                 if not final:
                     return _WAIT
@@ -353,7 +363,8 @@ class SpeakableWord(NamedTuple):
     ends_sentence: bool
 
 
-_COMPLETE_WORD = re.compile(r"\S+(?=\s)")
+_COMPLETE_WORD = re.compile(r"(?<!\S)\S++(?=\s)")
+_HAS_SPACE = re.compile(r"\s")
 
 
 class SpeakableStream:
@@ -375,9 +386,11 @@ class SpeakableStream:
 
     def feed(self, delta: str) -> list[SpeakableWord]:
         out: list[SpeakableWord] = []
-        for sentence in self._segmenter.feed(delta):
+        sentences = self._segmenter.feed(delta)
+        for sentence in sentences:
             self._finish(sentence, out)
-        self._early(out)
+        if sentences or _HAS_SPACE.search(delta):  # otherwise no word can have been completed
+            self._early(out)
         return out
 
     def flush(self) -> list[SpeakableWord]:

@@ -92,6 +92,8 @@ class CodecTrainSettings:
     kmeans_init_batches: int = 8
     dead_code_fraction: float = 0.05  # dead when its usage EMA < this x the uniform share of a batch
     vq_warmup_steps: int = 0  # steps that skip quantisation before the k-means initialisation
+    track_latent_mean: bool = True  # shift the codebook with the latents' batch mean (see EmaCodebook)
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to the decoder's
     latent_init_std: float = 1.0  # data-dependent scale of the fresh encoder's output (0: off)
     # phases
     freeze_encoder: bool = False
@@ -303,6 +305,12 @@ class EmaCodebook:
 
     The codebook is not a parameter: each row is the running mean of the encoder vectors assigned to
     it (EMA of their sum / EMA of their count, with Laplace smoothing so empty rows stay finite).
+    The encoder's outputs drift mostly as a whole early in training (one optimiser step moves their
+    common mean by about their whole frame-to-frame spread), which a slow EMA cannot follow: every
+    frame then lands on the one row nearest the new mean and the codebook collapses. `recenter`
+    therefore shifts all rows (and their sums) with the batch mean before each assignment, so the
+    EMA only has to follow the shape of the cloud, not its position.
+
     Rows whose usage EMA drops below `dead_fraction` of a uniform share are re-seeded with random
     vectors of the current batch, and their statistics reset to one uniform share, so they get a fair
     chance instead of being overwritten back by their stale averages.
@@ -314,6 +322,22 @@ class EmaCodebook:
         self.decay = decay
         self.dead_fraction = dead_fraction
         self.epsilon = epsilon
+        self.center: Tensor | None = None  # the latent mean the rows are currently aligned to
+
+    def _smoothed_counts(self) -> Tensor:
+        k = self.size
+        total = self.q.cluster_size.sum()
+        return (self.q.cluster_size + self.epsilon) / (total + k * self.epsilon) * total
+
+    @torch.no_grad()
+    def recenter(self, mean: Tensor) -> None:
+        """Move every row by the change of the latent mean since the last call."""
+        mean = mean.detach().float()
+        if self.center is not None:
+            delta = mean - self.center
+            self.q.embed.add_(delta[None, :])
+            self.q.embed_avg.add_(delta[None, :] * self._smoothed_counts()[:, None])
+        self.center = mean.clone()
 
     @property
     def size(self) -> int:
@@ -353,6 +377,7 @@ class EmaCodebook:
         self.q.cluster_size.copy_(share)
         self.q.embed_avg.copy_(centroids * share[:, None])
         self.q.inited.fill_(1)
+        self.center = vectors.mean(0)
 
     @torch.no_grad()
     def update(self, vectors: Tensor, codes: Tensor) -> int:
@@ -363,9 +388,7 @@ class EmaCodebook:
         sums = torch.zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
         self.q.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.q.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        total = self.q.cluster_size.sum()
-        smoothed = (self.q.cluster_size + self.epsilon) / (total + k * self.epsilon) * total
-        self.q.embed.copy_(self.q.embed_avg / smoothed[:, None])
+        self.q.embed.copy_(self.q.embed_avg / self._smoothed_counts()[:, None])
         share = vectors.shape[0] / k
         dead = self.q.cluster_size < self.dead_fraction * share
         n_dead = int(dead.sum())
@@ -539,6 +562,7 @@ class CodecTrainer:
         self.best_mel = float(state.get("best_mel", math.inf))
         self.last_milestone_mel = float(state.get("last_milestone_mel", math.inf))
         torch.set_rng_state(state["torch_rng"])
+        self.codebook.center = state.get("codebook_center")
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -552,6 +576,8 @@ class CodecTrainer:
         else:
             if not self.codebook.initialised:
                 self._kmeans_init()
+            if update_codebook and not frozen and s.track_latent_mean:
+                self.codebook.recenter(latents.detach().mean(dim=(0, 2)))
             features, codes, commit = quantize_for_training(self.model, latents)
             if update_codebook and not frozen:
                 flat = latents.detach().transpose(1, 2).reshape(-1, latents.shape[1])
@@ -603,7 +629,7 @@ class CodecTrainer:
         self.last_reseeded = 0
         lr = s.learning_rate * lr_factor(self.step, s)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * (s.encoder_lr_scale if group["name"].startswith("enc") else 1.0)
         audio = self.data.batch(self.step, s.batch_size)
         out = self.forward(audio, update_codebook=True)
         logs: dict[str, float] = {}
@@ -691,6 +717,7 @@ class CodecTrainer:
             "best_mel": self.best_mel,
             "last_milestone_mel": self.last_milestone_mel,
             "torch_rng": torch.get_rng_state(),
+            "codebook_center": self.codebook.center,
         }
 
     def save(self) -> None:

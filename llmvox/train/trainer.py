@@ -36,6 +36,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -413,7 +414,7 @@ class _Sinks:
                 raise LLMVoXError("--wandb_log needs the wandb package: pip install wandb") from None
             if cfg.wandb_mode not in ("offline", "online", "disabled"):
                 raise LLMVoXError("--wandb_mode must be offline, online or disabled")
-            self.wandb_id = wandb_id or wandb.util.generate_id()
+            self.wandb_id = wandb_id or uuid.uuid4().hex[:12]
             self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict(),
                                     dir=str(out_dir), mode=cfg.wandb_mode, id=self.wandb_id, resume="allow")
 
@@ -697,8 +698,13 @@ class Trainer:
         if env.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                        broadcast_buffers=False)
+            import inspect
+
+            # the only buffer (code features) is the same everywhere: no need to re-send it every step
+            no_resync = ({"forward_sync_buffers": False}
+                         if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                         else {"broadcast_buffers": False})
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_resync)
 
         # data order
         max_len = min(cfg.max_seq_len or gconf.block_size, gconf.block_size)

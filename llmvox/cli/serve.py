@@ -1,0 +1,152 @@
+"""`llmvox serve`: the streaming speech server, with the flags of the original `streaming_server.py`.
+
+`--chat_type tts` serves the TTS endpoints alone (no LLM, no ASR). The other chat types also serve them
+and mount the chat routes where this build has them (`llmvox.server.chat`). Chat modules may add their
+own flags through `llmvox.server.chat_flags.add_chat_flags(parser)` (looked up, not required).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+
+from llmvox.cli.common import add_flag, add_voice_args
+
+DEFAULT_SYSTEM_PROMPT = ("You are a friendly voice assistant. Answer briefly, in plain spoken sentences, "
+                         "without abbreviations.")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "chat_type", default="voice",
+             help="tts (speech endpoints only, loads no LLM or ASR), text, voice, visual_speech or multimodal "
+                  "(default: voice, as the original)")
+    add_voice_args(p)
+
+    g = p.add_argument_group("streaming (the original's schedule)")
+    add_flag(g, "initial_dump_size_1", type=int, default=10, help="first chunk of worker 1, in codes (default 10)")
+    add_flag(g, "initial_dump_size_2", type=int, default=160, help="first chunk of worker 2 (default 160)")
+    add_flag(g, "max_dump_size", type=int, default=1280, help="largest chunk, in codes (default 1280)")
+    add_flag(g, "max_audio_length", type=int, default=None,
+             help="max codes per sentence (default: the voice's, 8000 for the original)")
+    add_flag(g, "tts_device_1", default=None, help="device of worker 1: cpu, cuda:N, or a GPU number as in the original")
+    add_flag(g, "tts_device_2", default=None, help="device of worker 2 (default: --device)")
+    add_flag(g, "num_workers", type=int, default=2, help="workers (model replicas) that sentences alternate between")
+    add_flag(g, "max_batch", type=int, default=32, help="streams stepped together per worker (default 32)")
+    add_flag(g, "threads", type=int, default=None, help="torch threads per worker thread (default: cores/(2*workers))")
+    add_flag(g, "chunk_join", choices=["context", "original"], default="context",
+             help="context: chunks decoded with earlier codes and cross-faded (no clicks); original: each chunk "
+                  "decoded alone, as the original server")
+    add_flag(g, "context_frames", type=int, default=64, help="codes of left context per chunk decode (context join)")
+    add_flag(g, "lookahead_frames", type=int, default=4, help="codes held back per chunk for the next decode")
+    add_flag(g, "no_normalize", action="store_true", help="speak the text as written (no number/markdown expansion)")
+    add_flag(g, "pad_token_id", type=int, default=384, help="PAD id fed after the text (default 384)")
+    add_flag(g, "eoa_token_id", type=int, default=None, help="end-of-audio code (default: the voice's, 453)")
+
+    g = p.add_argument_group("API")
+    add_flag(g, "api_host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    add_flag(g, "api_port", type=int, default=5003, help="port (default 5003)")
+    add_flag(g, "api_key", default=None,
+             help="require 'Authorization: Bearer KEY' (default: $LLMVOX_API_KEY, else no key)")
+    add_flag(g, "cors_origins", default="*", help="comma-separated allowed origins ('' disables CORS; default *)")
+    add_flag(g, "max_text_chars", type=int, default=4096, help="longest text per request (default 4096)")
+    add_flag(g, "max_streams", type=int, default=16, help="streams served at once (default 16)")
+    add_flag(g, "max_queue", type=int, default=32, help="requests that may wait for a stream (default 32)")
+    add_flag(g, "queue_timeout", type=float, default=10.0, help="seconds a request may wait (default 10)")
+    add_flag(g, "shutdown_timeout", type=float, default=10.0, help="seconds streams get to finish on shutdown")
+    add_flag(g, "log_level", default="info", choices=["debug", "info", "warning", "error"])
+
+    g = p.add_argument_group("chat (used by the chat types; accepted and passed on)")
+    add_flag(g, "llm_checkpoint", default=None, help="LLM: a .gguf file, a folder or hub id, or a URL")
+    add_flag(g, "llm_device", default=None, help="device for the LLM (e.g. cuda:0)")
+    add_flag(g, "llm_max_tokens", type=int, default=1000)
+    add_flag(g, "llm_temperature", type=float, default=0.7)
+    add_flag(g, "llm_top_p", type=float, default=0.95)
+    add_flag(g, "llm_top_k", type=int, default=40)
+    add_flag(g, "system_prompt", default=DEFAULT_SYSTEM_PROMPT)
+    add_flag(g, "eos_token", default="<|eot_id|>", help="the LLM's end-of-turn token")
+    add_flag(g, "asr_model", default="small", help="Whisper size or folder")
+    add_flag(g, "asr_device", default=None)
+    add_flag(g, "asr_sample_rate", type=float, default=16000.0)
+    add_flag(g, "asr_max_audio_length", type=int, default=60)
+    add_flag(g, "asr_default_language", default="english")
+    add_flag(g, "asr_enable_translation", type=_bool, default=False)
+
+    if importlib.util.find_spec("llmvox.server.chat_flags") is not None:  # optional: the chat routes' own flags
+        importlib.import_module("llmvox.server.chat_flags").add_chat_flags(p)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the streaming speech server",
+                              description="Serve /tts, /v1/audio/speech, WS /v1/stream, /health and /metrics "
+                                          "(and the chat routes of the chosen --chat_type).")
+    add_serve_args(p)
+    p.set_defaults(func=run)
+
+
+def device_flag(value: str | None, default: str) -> str:
+    """The original took GPU numbers; we also take cpu / cuda / cuda:N."""
+    if value is None or value == "":
+        return default
+    return f"cuda:{value}" if value.isdigit() else value
+
+
+def settings_from_args(args: argparse.Namespace):
+    from llmvox.engine.stream import StreamConfig
+    from llmvox.server.settings import ServerSettings
+
+    device = getattr(args, "device", "cpu") or "cpu"
+    devices = [device_flag(args.tts_device_1, device), device_flag(args.tts_device_2, device)]
+    stream = StreamConfig(
+        initial_dump_size_1=args.initial_dump_size_1, initial_dump_size_2=args.initial_dump_size_2,
+        max_dump_size=args.max_dump_size, max_audio_length=args.max_audio_length, chunk_join=args.chunk_join,
+        context_frames=args.context_frames, lookahead_frames=args.lookahead_frames,
+        normalize=not args.no_normalize,
+    )
+    origins = [o.strip() for o in (args.cors_origins or "").split(",") if o.strip()]
+    return ServerSettings(
+        host=args.api_host, port=args.api_port, chat_type=args.chat_type,
+        api_key=args.api_key or os.environ.get("LLMVOX_API_KEY") or None, cors_origins=origins,
+        max_text_chars=args.max_text_chars, max_streams=args.max_streams, max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout, num_workers=args.num_workers, devices=devices, max_batch=args.max_batch,
+        threads=args.threads, stream=stream, shutdown_timeout=args.shutdown_timeout, pad_id=args.pad_token_id,
+        chat_options=dict(vars(args)),
+    ).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+    import uvicorn
+
+    from llmvox.cli.common import load_voice
+    from llmvox.server.app import create_app
+    from llmvox.server.context import install_log_format
+
+    install_log_format(getattr(logging, args.log_level.upper()))
+    settings = settings_from_args(args)
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // (2 * settings.num_workers))
+    settings.threads = threads
+    torch.set_num_threads(threads)
+    tts = load_voice(args, device=settings.devices[0])
+    if args.eoa_token_id is not None:
+        tts.eoa_id = args.eoa_token_id
+    app = create_app(settings, tts=tts)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_timeout, ws="auto", lifespan="on")
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the signal after its graceful shutdown
+        pass
+    return 0

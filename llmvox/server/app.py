@@ -1,0 +1,224 @@
+"""The FastAPI app: `create_app(settings, tts=...)` wires the engine, limits, metrics and routes.
+
+    app = create_app(ServerSettings(chat_type="tts"), tts=LLMVoX.from_pretrained(...))
+    uvicorn.run(app, host=..., port=...)
+
+The engine (decoder and codec workers) starts with the app and stops with it: on shutdown every
+stream still running is cancelled and the worker threads exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import time
+from collections import deque
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmvox.engine.stream import SpeechEngine
+from llmvox.errors import LLMVoXError
+from llmvox.server.audio_out import supported_formats
+from llmvox.server.context import RequestContextMiddleware
+from llmvox.server.metrics import Metrics
+from llmvox.server.schemas import ApiError
+from llmvox.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from llmvox.api import LLMVoX
+
+log = logging.getLogger("llmvox.server")
+
+VERSION = "0.1.0"
+
+
+class StreamSlots:
+    """At most `limit` streams at once; up to `max_queue` requests wait (FIFO) up to `timeout` s.
+
+    `release()` is synchronous so it can run in the `finally` of a cancelled response.
+    """
+
+    def __init__(self, limit: int, max_queue: int, timeout: float):
+        self.limit = limit
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self.active = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.max_queue or self.timeout <= 0:
+            raise ApiError(429, f"the server is busy: {self.active} streams are running and {len(self._waiters)} "
+                                "requests are waiting; retry later (or raise --max_streams / --max_queue)",
+                           code="too_many_streams", headers={"Retry-After": "1"})
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as we gave up: pass it on
+            else:
+                fut.cancel()
+                with suppress(ValueError):
+                    self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                raise ApiError(503, f"no stream became free within {self.timeout:g} s; retry later "
+                                    "(or raise --max_streams / --queue_timeout)",
+                               code="queue_timeout", headers={"Retry-After": "2"}) from None
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot moves to the next waiter
+                return
+        self.active = max(0, self.active - 1)
+
+
+class ServerState:
+    """What the routes share (app.state.llmvox)."""
+
+    def __init__(self, settings: ServerSettings, tts: LLMVoX | None, engine: SpeechEngine | None):
+        self.settings = settings
+        self.tts = tts if tts is not None else (engine.tts if engine is not None else None)
+        self.engine = engine
+        self.own_engine = engine is None
+        self.slots = StreamSlots(settings.max_streams, settings.max_queue, settings.queue_timeout)
+        self.metrics = Metrics(lambda: self.slots.active, lambda: self.slots.waiting, lambda: self.engine)
+        self.formats = supported_formats()
+        self.draining = False
+        self.started_at = time.time()
+        self.extras: dict[str, Any] = {}  # room for the chat routes' own state
+
+    @property
+    def sample_rate(self) -> int:
+        assert self.tts is not None
+        return self.tts.sample_rate
+
+
+def create_app(settings: ServerSettings | None = None, *, tts: LLMVoX | None = None,
+               engine: SpeechEngine | None = None) -> FastAPI:
+    """The server app for a loaded voice (`tts`) or a running engine."""
+    settings = (settings or ServerSettings()).validate()
+    if tts is None and engine is None:
+        raise LLMVoXError("create_app needs a voice (tts=LLMVoX...) or an engine")
+    state = ServerState(settings, tts, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if state.engine is None:
+            state.engine = SpeechEngine(state.tts, num_workers=settings.num_workers, devices=settings.devices,
+                                        max_batch=settings.max_batch, threads=settings.threads,
+                                        config=settings.stream, pad_id=settings.pad_id)
+        log.info("ready: voice %s, %d worker(s) on %s, chat type %s, formats %s", state.tts.name,
+                 len(state.engine.workers), ", ".join(str(d) for d in state.engine.devices), settings.chat_type,
+                 ", ".join(state.formats))
+        try:
+            yield
+        finally:
+            state.draining = True
+            log.info("shutting down: cancelling %d stream(s)", state.engine.active_streams)
+            if state.own_engine:
+                await asyncio.get_running_loop().run_in_executor(None, state.engine.close)
+
+    app = FastAPI(title="llmvox", version=VERSION, lifespan=lifespan,
+                  description="Streaming LLM-agnostic text-to-speech (LLMVoX).")
+    app.state.llmvox = state
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Sample-Rate", "X-Audio-Format"])
+    app.add_middleware(RequestContextMiddleware, metrics_getter=lambda: state.metrics)
+    _install_error_handlers(app)
+
+    from llmvox.server.routes import router
+    from llmvox.server.websocket import ws_router
+
+    app.include_router(router)
+    app.include_router(ws_router)
+    mount_chat_routes(app, state)
+    return app
+
+
+def mount_chat_routes(app: FastAPI, state: ServerState) -> None:
+    # ===== CHAT HOOK (issue 4) ===================================================================
+    # The chat routes (/voicechat, /vlmschat, /multimodalchat, text chat, /v1/chat/completions) live
+    # in `llmvox.server.chat`, which defines `mount(app, state)`; it is called here for every chat
+    # type but "tts". `state.engine` is the shared speech engine (open a stream per answer with
+    # `state.engine.open(sink=..., request_id=...)` and feed it the LLM's deltas), `state.slots` the
+    # stream limiter, `state.metrics` the Prometheus metrics, `state.settings.chat_options` the
+    # original chat flags, `state.extras` free room. The TTS endpoints stay mounted in every chat type.
+    # ==============================================================================================
+    if state.settings.chat_type == "tts":
+        return
+    if importlib.util.find_spec("llmvox.server.chat") is None:
+        log.warning("chat type %s: chat routes are not available in this build; serving the TTS endpoints only",
+                    state.settings.chat_type)
+        return
+    from llmvox.server import chat
+
+    chat.mount(app, state)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def metrics_for(request: Request) -> Metrics:
+        return request.app.state.llmvox.metrics
+
+    def count(request: Request, status: int) -> None:
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or "other"
+        kind = {401: "unauthorized", 429: "too_many_streams", 503: "unavailable"}.get(status)
+        kind = kind or ("bad_request" if status < 500 else "server_error")
+        metrics_for(request).errors.labels(endpoint, kind).inc()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        count(request, exc.status)
+        log.info("%s %s: %s %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(LLMVoXError)
+    async def llmvox_error(request: Request, exc: LLMVoXError) -> JSONResponse:
+        return await api_error(request, ApiError(400, str(exc), code="invalid_request"))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        kind = first.get("type", "")
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if kind == "json_invalid":
+            err = ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', kind)})",
+                           code="invalid_json")
+        elif kind == "missing" and not loc:
+            err = ApiError(400, "the request needs a JSON body", code="missing_body")
+        elif kind == "missing":
+            err = ApiError(400, f"missing required field {'.'.join(loc)!r}", code="missing_field", param=".".join(loc))
+        else:
+            where = ".".join(loc) or "body"
+            err = ApiError(422, f"{where}: {first.get('msg', 'invalid value')}", code="invalid_type", param=where)
+        return await api_error(request, err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return await api_error(request, ApiError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return await api_error(request, ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error"))

@@ -1,0 +1,294 @@
+"""The streaming engine: batched scheduler, multi-queue streamer, chunk schedule and joins.
+
+Runs on the parity voice (1-layer decoder with random weights that never emits end-of-audio, small
+codec), so every sentence is exactly `max_audio_length` codes long.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from llmvox.engine.generate import generate_segment
+from llmvox.engine.scheduler import DecoderWorker, SegmentJob
+from llmvox.engine.stream import SpeechEngine, StreamConfig, stream_speech
+from llmvox.errors import LLMVoXError
+from llmvox.text.tokenizer import encode_words
+
+MAX_CODES = 40
+TEXT = "Hello world, this is a test. Dr. Smith paid $5 for it! Is it 3.5 degrees outside? Yes."
+
+
+@pytest.fixture(scope="module")
+def tts(parity_dir):
+    from llmvox.api import LLMVoX
+
+    torch.set_num_threads(1)
+    return LLMVoX.from_original(
+        str(parity_dir / "llmvox.pt"), str(parity_dir / "byt5_g2p"), str(parity_dir / "wavtokenizer_small.yaml"),
+        str(parity_dir / "wavtokenizer.ckpt"), max_audio_length=MAX_CODES,
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tts):
+    with SpeechEngine(tts, num_workers=2, threads=1, config=StreamConfig(max_audio_length=MAX_CODES)) as eng:
+        yield eng
+
+
+def expected_codes(tts, words: list[str], max_audio_length: int = MAX_CODES) -> list[int]:
+    return [c for _, c, _, eoa in generate_segment(tts.decoder, words, max_audio_length=max_audio_length) if not eoa]
+
+
+def run_stream(engine, deltas, config: StreamConfig | None = None, delay: float = 0.0):
+    stream = engine.open(config)
+    for d in deltas:
+        stream.feed(d)
+        if delay:
+            time.sleep(delay)
+    stream.end()
+    chunks = list(stream.chunks(timeout=60))
+    return stream, chunks
+
+
+def snr_db(x: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((x - ref).astype(np.float64) ** 2), 1e-30)))
+
+
+# ---------------------------------------------------------------------------------------------
+# scheduler
+
+
+def test_batched_worker_matches_single_stream_generation(tts):
+    """Segments admitted at different times, text fed while running: each gets generate_segment's codes."""
+    sentences = [["Hello", "world,", "this", "is", "a", "test."], ["Another", "one!"], ["Short."],
+                 ["A", "somewhat", "longer", "sentence", "with", "more", "words", "in", "it."]]
+    worker = DecoderWorker(tts.decoder, name="t", max_batch=3)
+    try:
+        results: dict[int, list[int]] = {i: [] for i in range(len(sentences))}
+        finished = threading.Event()
+        left = [len(sentences)]
+        lock = threading.Lock()
+
+        def on_codes(i):
+            def cb(job, codes, done):
+                results[i].extend(codes)
+                if done:
+                    with lock:
+                        left[0] -= 1
+                        if left[0] == 0:
+                            finished.set()
+            return cb
+
+        jobs = []
+        for i, words in enumerate(sentences):
+            ids = encode_words(words)
+            job = SegmentJob(on_codes(i), max_audio_length=30 + 7 * i)
+            if i % 2:  # half the jobs get their text in pieces while already running
+                worker.submit(job)
+                for k in range(0, len(ids), 5):
+                    job.feed(ids[k:k + 5], last=k + 5 >= len(ids))
+                    time.sleep(0.002)
+            else:
+                job.feed(ids, last=True)
+                worker.submit(job)
+            jobs.append(job)
+        assert finished.wait(60)
+        for i, words in enumerate(sentences):
+            assert results[i] == expected_codes(tts, words, 30 + 7 * i), f"segment {i}"
+        assert worker.active == 0 and worker.queued == 0
+    finally:
+        worker.close()
+
+
+def test_cancel_frees_row_at_once(tts):
+    worker = DecoderWorker(tts.decoder, name="c", max_batch=4)
+    try:
+        started = threading.Event()
+        job = SegmentJob(lambda j, c, d: started.set(), max_audio_length=500)
+        job.feed(encode_words(["A", "long", "one."]), last=True)
+        other = SegmentJob(lambda j, c, d: None, max_audio_length=500)
+        other.feed(encode_words(["Keep", "going."]), last=True)
+        worker.submit(job)
+        worker.submit(other)
+        assert started.wait(10)
+        t0 = time.perf_counter()
+        job.cancel()
+        while worker.active != 1 and time.perf_counter() - t0 < 1:
+            time.sleep(0.001)
+        assert worker.active == 1, "cancelled segment still holds its row"
+        assert time.perf_counter() - t0 < 0.1
+        other.cancel()
+    finally:
+        worker.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# streamer
+
+
+def test_stream_codes_equal_generate_segment_per_sentence(tts, engine):
+    stream, chunks = run_stream(engine, [TEXT])
+    assert stream.segments == 4
+    assert stream.sentences[1][:3] == ["Doctor", "Smith", "paid"]  # normalised: "Dr." is not a sentence end
+    for i, words in enumerate(stream.sentences):
+        assert stream.segment_codes(i) == expected_codes(tts, words), f"sentence {i}: {words}"
+    audio = np.concatenate([c.samples for c in chunks])
+    assert len(audio) == len(stream.codes) * 320 >= 4 * MAX_CODES * 320  # long sentences: one code per text id
+    assert [c.segment for c in chunks] == sorted(c.segment for c in chunks)  # sentence order
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_subword_deltas_give_the_same_audio(engine):
+    _, whole = run_stream(engine, [TEXT])
+    pieces = [TEXT[i:i + 3] for i in range(0, len(TEXT), 3)]  # an LLM's sub-word deltas
+    stream, parts = run_stream(engine, pieces, delay=0.001)
+    a = np.concatenate([c.samples for c in whole])
+    b = np.concatenate([c.samples for c in parts])
+    assert np.array_equal(a, b)
+
+
+def test_concurrent_streams_do_not_change_each_other(engine):
+    texts = ["First text here. It has two sentences.", "Second one! Quite different?", TEXT,
+             "Numbers: 12 apples and 7 pears."]
+    alone = [np.concatenate([c.samples for c in run_stream(engine, [t])[1]]) for t in texts]
+    results: dict[int, np.ndarray] = {}
+
+    def go(i):
+        results[i] = np.concatenate([c.samples for c in run_stream(engine, [texts[i % 4]])[1]])
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    # a stream cancelled midway runs beside them too
+    victim = engine.open()
+    victim.feed("This one is cancelled soon. " * 5)
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    victim.cancel()
+    for t in threads:
+        t.join(60)
+    for i in range(8):
+        assert np.array_equal(results[i], alone[i % 4]), f"stream {i}"
+
+
+def test_original_mode_reproduces_the_original_server(parity_ref, engine):
+    """The original streamed codes 0-9 and 10-39 each decoded alone (its first two dumps)."""
+    stream, chunks = run_stream(engine, ["Hello world, this is a test."],
+                                StreamConfig(chunk_join="original", max_audio_length=120, normalize=False))
+    assert stream.codes == parity_ref["gpt_codes"].tolist()
+    lens = parity_ref["gpt_stream_chunk_lens"].tolist()
+    assert [len(c.samples) for c in chunks[:2]] == lens
+    got = np.concatenate([c.samples for c in chunks[:2]])
+    ref = parity_ref["gpt_stream_audio"]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4
+    # and the rest of the sentence comes out at its end (the original would have waited for a 90-code dump)
+    assert sum(len(c.samples) for c in chunks) == 120 * 320
+
+
+def test_chunk_schedule_alternates_lanes_and_grows(engine):
+    cfg = StreamConfig(chunk_join="original", max_audio_length=200)
+    stream, chunks = run_stream(engine, ["One sentence here. Two sentence here. Three sentence here."], cfg)
+    sizes = [(c.segment, len(c.samples) // 320) for c in chunks]
+    # lane 0 starts at 10 and grows x3 (10, 30, 90, then the sentence's rest: 70); lane 1 starts at 160;
+    # after its first sentence lane 0 is at 270, x9 at the sentence end: its third sentence is one chunk.
+    assert sizes == [(0, 10), (0, 30), (0, 90), (0, 70), (1, 160), (1, 40), (2, 200)]
+
+
+def test_context_join_is_closer_to_one_shot_than_original(tts, engine, record_property):
+    """Joined stream vs. a one-shot decode of the same codes.
+
+    The codec's pos-net normalises over time (GroupNorm) and attends globally, so every frame of a
+    one-shot decode depends on all later frames; a stream cannot know them. We report three figures:
+    the original's independent chunks, our context join, and the best any causal decoder can do
+    (each 10-code step decoded with all earlier codes and 8 later ones).
+    """
+    text = "Hello world, this is a test. Another sentence follows it! And a third one? Then the end."
+    cfg = StreamConfig(max_audio_length=100)
+    stream, chunks = run_stream(engine, [text], cfg)
+    ctx = np.concatenate([c.samples for c in chunks])
+    _, orig_chunks = run_stream(engine, [text], replace_cfg(cfg, chunk_join="original"))
+    orig = np.concatenate([c.samples for c in orig_chunks])
+    codes = torch.tensor(stream.codes)
+    one_shot = tts.decode(codes)
+    assert len(ctx) == len(orig) == len(one_shot)
+    ceiling_parts = []
+    with torch.inference_mode():
+        for e in range(10, len(codes) + 1, 10):
+            a = tts.codec.decode_codes(codes[: min(e + 8, len(codes))][None])[0].numpy()
+            ceiling_parts.append(a[(e - 10) * 320: e * 320])
+    ceiling = np.concatenate(ceiling_parts)
+    s_ctx, s_orig, s_ceiling = snr_db(ctx, one_shot), snr_db(orig, one_shot), snr_db(ceiling, one_shot[: len(ceiling)])
+    record_property("snr_context_db", round(s_ctx, 2))
+    record_property("snr_original_db", round(s_orig, 2))
+    record_property("snr_causal_ceiling_db", round(s_ceiling, 2))
+    print(f"SNR vs one-shot: context {s_ctx:.1f} dB, original {s_orig:.1f} dB, causal ceiling {s_ceiling:.1f} dB")
+    assert s_ctx > s_orig + 2.0
+    assert s_ctx > s_ceiling - 4.0
+    # clicks: the jump across each join, relative to the one-shot signal's own jump there
+    joins = np.cumsum([len(c.samples) for c in chunks])[:-1]
+    orig_joins = np.cumsum([len(c.samples) for c in orig_chunks])[:-1]
+    step = np.median(np.abs(np.diff(one_shot))) + 1e-9
+    ctx_jump = max(abs(ctx[j] - ctx[j - 1]) for j in joins if 0 < j < len(ctx)) / step
+    orig_jump = max(abs(orig[j] - orig[j - 1]) for j in orig_joins if 0 < j < len(orig)) / step
+    record_property("join_jump_context", round(float(ctx_jump), 2))
+    record_property("join_jump_original", round(float(orig_jump), 2))
+    assert ctx_jump < orig_jump
+
+
+def replace_cfg(cfg: StreamConfig, **kw) -> StreamConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **kw)
+
+
+def test_flush_closes_the_pending_sentence(tts, engine):
+    stream = engine.open()
+    stream.feed("Hello there my friend")
+    n = stream.flush()
+    assert n == 1
+    stream.feed("and more words.")
+    stream.end()
+    chunks = list(stream.chunks(timeout=30))
+    assert stream.sentences == [["Hello", "there", "my", "friend"], ["and", "more", "words."]]
+    assert stream.segment_codes(0) == expected_codes(tts, ["Hello", "there", "my", "friend"])
+    assert sum(len(c.samples) for c in chunks) == 2 * MAX_CODES * 320
+
+
+def test_cancel_ends_the_stream_and_frees_the_workers(engine):
+    stream = engine.open(StreamConfig(max_audio_length=400))
+    stream.feed("A long sentence to speak. " * 6)
+    it = stream.chunks(timeout=30)
+    next(it)
+    assert len(stream.segment_codes(0)) < 400  # the first audio comes long before the sentence is done
+    t0 = time.perf_counter()
+    stream.cancel()
+    list(it)  # the iterator ends (after whatever was queued before the cancel)
+    while any(w.active for w in engine.workers) and time.perf_counter() - t0 < 1:
+        time.sleep(0.001)
+    assert not any(w.active for w in engine.workers)
+    assert time.perf_counter() - t0 < 0.1
+    assert engine.active_streams == 0
+    with pytest.raises(LLMVoXError):
+        stream.feed("more")
+
+
+def test_python_api_stream(tts):
+    deltas = iter(["Hel", "lo wor", "ld. How are", " you?"])
+    chunks = list(tts.stream(deltas, max_audio_length=MAX_CODES, num_workers=1))
+    assert sum(len(c) for c in chunks) == 2 * MAX_CODES * 320
+    assert all(c.dtype == np.float32 for c in chunks)
+    with pytest.raises(LLMVoXError, match="unknown stream option"):
+        list(stream_speech(tts, ["x."], bogus=1))
+
+
+def test_text_source_error_ends_the_stream(tts):
+    def deltas():
+        yield "Hello world. "
+        raise RuntimeError("the LLM broke")
+
+    with pytest.raises(LLMVoXError, match="the LLM broke"):
+        list(tts.stream(deltas(), max_audio_length=MAX_CODES, num_workers=1))
