@@ -372,6 +372,25 @@ def test_checkpoint_with_t5_table_loads_in_synthesize_by_original_paths(world, t
     assert sf.info(wav).frames == 20 * 320
 
 
+def test_fine_tune_from_an_original_checkpoint_needs_its_text_table(world, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from llmvox.model.checkpoint import save_llmvox_checkpoint
+    from llmvox.model.gpt import GPT, GPTConfig
+
+    original = tmp_path / "ckpt_original.pt"  # the original layout: no text table inside
+    save_llmvox_checkpoint(original, GPT(GPTConfig(n_layer=2, n_head=2, n_embd=96, block_size=256, vocab_size=512)))
+    base = ["train", "--data_path", str(world["cache"]), "--init_from", str(original), "--max_iters", "2", *TINY,
+            "--eval_interval", "0"]
+    assert main([*base, "--out_dir", str(tmp_path / "a")]) == 2
+    assert "--encoder_model_path" in capsys.readouterr().err
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    save_file({"shared.weight": torch.randn(384, 64)}, str(t5 / "model.safetensors"))
+    assert main([*base, "--out_dir", str(tmp_path / "b"), "--encoder_model_path", str(t5)]) == 0
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
 def test_resume_after_sigint_reproduces_the_uninterrupted_run(world, tmp_path):
     args = [sys.executable, "-m", "llmvox", "train", "--data_path", str(world["cache"]), "--max_iters", "150", *TINY,
             "--batch_size", "2", "--gradient_accumulation_steps", "2", "--learning_rate", "3e-3",

@@ -528,8 +528,10 @@ class CodecTrainer:
         if not train:
             raise LLMVoXError("codec training: every clip is held out for evaluation; add data")
         self.eval_clips = heldout
-        self.data = CropDataset(train, config.sample_rate,
-                                int(round(settings.segment_seconds * config.sample_rate)), settings.seed)
+        # Whole code frames only: a partial last frame would be decoded from reflection padding.
+        hop = config.hop_length
+        segment = max(int(round(settings.segment_seconds * config.sample_rate / hop)), 1) * hop
+        self.data = CropDataset(train, config.sample_rate, segment, settings.seed)
 
         self.step = 0
         self.best_mel = math.inf
@@ -584,7 +586,7 @@ class CodecTrainer:
                 self.last_reseeded = self.codebook.update(flat, codes.reshape(-1))
         with _autocast(s.bf16):
             hidden = self.model.backbone(features, self.cond)
-        audio_hat = self.model.head(hidden.float())
+        audio_hat = self.model.head(hidden.float())[:, : audio.shape[1]]
         return StepOutput(audio_hat, latents, codes, commit)
 
     @torch.no_grad()
@@ -675,6 +677,22 @@ class CodecTrainer:
         return logs
 
     # --- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruction_loss(self, audio: Tensor) -> float:
+        """Weighted mel + STFT loss of (B, N) audio in training precision, without touching any state."""
+        was_training = self.model.training
+        self.model.eval()
+        s = self.settings
+        with _autocast(s.bf16):
+            latents = self.model.encoder(audio[:, None]).float()
+        features = self.model.quantizer.lookup(self.model.quantizer.nearest(latents)) \
+            if self.codebook.initialised else latents
+        with _autocast(s.bf16):
+            hidden = self.model.backbone(features, self.cond)
+        audio_hat = self.model.head(hidden.float())[:, : audio.shape[1]]
+        self.model.train(was_training)
+        return float(s.mel_weight * self.mel_loss(audio_hat, audio) + s.stft_weight * self.stft_loss(audio_hat, audio))
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:

@@ -572,6 +572,9 @@ class Trainer:
             if cfg.freeze_text_table is not None:
                 frozen = cfg.freeze_text_table
             return table, frozen
+        if ckpt is not None and kind == "random":
+            raise LLMVoXError("the checkpoint has no text table of its own (an original LLMVoX checkpoint?): give "
+                              "the one it was trained with, --encoder_model_path T5_FOLDER")
         text_dim = cfg.n_embd - code_dim
         if kind == "t5":
             from llmvox.model.embedding import load_t5_text_embedding
@@ -659,7 +662,8 @@ class Trainer:
         if ckpt is not None:
             from llmvox.model.checkpoint import load_state_strict, strip_compiled_prefix
 
-            load_state_strict(gpt, strip_compiled_prefix(ckpt["model"]), str(self.ckpt_path))
+            load_state_strict(gpt, strip_compiled_prefix(ckpt["model"]),
+                              str(self.ckpt_path if resumed else cfg.init_from))
         table, frozen = self._text_table(code_features.shape[1], code_features, ckpt)
         try:
             decoder = SpeechDecoder(gpt, table, code_features)
@@ -676,7 +680,12 @@ class Trainer:
         cursor = int(state.get("sampler_cursor", iter_num * cfg.gradient_accumulation_steps))
         if resumed and ckpt is not None:
             if ckpt.get("optimizer"):
-                optimizer.load_state_dict(ckpt["optimizer"])
+                try:
+                    optimizer.load_state_dict(ckpt["optimizer"])
+                except (ValueError, KeyError) as exc:
+                    raise LLMVoXError(f"{self.ckpt_path}: its optimizer state does not fit this run ({exc}); was "
+                                      "--freeze_text_table changed? To start a new run from these weights, use "
+                                      f"--init_from={self.ckpt_path} in a new --out_dir") from None
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             saved_data = ckpt.get("llmvox", {}).get("data_fingerprint")
@@ -696,9 +705,9 @@ class Trainer:
         if cfg.compile:
             model = torch.compile(model)
         if env.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
             # the only buffer (code features) is the same everywhere: no need to re-send it every step
             no_resync = ({"forward_sync_buffers": False}
