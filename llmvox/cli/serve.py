@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import signal
 
 from llmvox.cli.common import add_flag, add_voice_args
 
@@ -49,6 +50,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                   "decoded alone, as the original server")
     add_flag(g, "context_frames", type=int, default=64, help="codes of left context per chunk decode (context join)")
     add_flag(g, "lookahead_frames", type=int, default=4, help="codes held back per chunk for the next decode")
+    add_flag(g, "dtype", choices=["float32", "bfloat16"], default="float32",
+             help="decoder precision: bfloat16 is about 2x faster on CPUs with AVX-512 BF16/AMX, float32 "
+                  "reproduces the original codes exactly (default)")
     add_flag(g, "no_normalize", action="store_true", help="speak the text as written (no number/markdown expansion)")
     add_flag(g, "pad_token_id", type=int, default=384, help="PAD id fed after the text (default 384)")
     add_flag(g, "eoa_token_id", type=int, default=None, help="end-of-audio code (default: the voice's, 453)")
@@ -142,11 +146,22 @@ def run(args: argparse.Namespace) -> int:
     tts = load_voice(args, device=settings.devices[0])
     if args.eoa_token_id is not None:
         tts.eoa_id = args.eoa_token_id
+    if args.dtype == "bfloat16":
+        tts.to_dtype(torch.bfloat16)
     app = create_app(settings, tts=tts)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout, ws="auto", lifespan="on")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler it
+    # found: make that handler end the process quietly, so a clean stop exits 0.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the signal after its graceful shutdown
+    except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -166,32 +166,57 @@ class DecoderWorker:
     def _run(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+        with torch.inference_mode():  # the cache is created and moved here: all inference tensors
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
+            failed: list[SegmentJob] = []
             with self._cond:
                 while True:
                     if self._closed:
                         self._rows.clear()
                         self._cache = None
                         return
-                    self._drop_cancelled()
-                    self._admit()
+                    try:
+                        self._drop_cancelled()
+                        self._admit()
+                    except Exception as exc:  # out of memory growing the cache, a device error...
+                        failed = self._fail_all(exc)
+                        break
                     if any(job.runnable for job in self._rows):
                         break
                     if not self._rows:
                         self._cache = None  # idle: give the memory back
                     self._cond.wait()
-                batch = list(self._rows)
+                # rows after the last runnable one are left out of the step (they wait for text)
+                last = max(i for i, job in enumerate(self._rows) if job.runnable) if not failed else -1
+                batch = self._rows[:last + 1]
                 inputs = [self._next_input(job) for job in batch]
+            if failed:  # callbacks run without the lock (they take their stream's lock)
+                for job in failed:
+                    _notify(job, [], True)
+                continue
             try:
                 self._step(batch, inputs)
             except Exception as exc:  # a device error must not kill the worker silently: fail its jobs
-                log.exception("%s: decoder step failed; cancelling its %d segments", self.name, len(batch))
+                log.exception("%s: decoder step failed; failing its %d segments", self.name, len(batch))
                 with self._cond:
                     for job in batch:
                         job.cancelled = True
                         job.error = exc
                 for job in batch:
                     _notify(job, [], True)
+
+    def _fail_all(self, exc: BaseException) -> list[SegmentJob]:
+        """With the lock held: end every segment with the error and start again from an empty cache."""
+        log.error("%s: %s; failing %d segments", self.name, exc, len(self._rows) + len(self._waiting))
+        jobs = self._rows + self._waiting
+        self._rows, self._waiting, self._cache = [], [], None
+        for job in jobs:
+            job.cancelled = True
+            job.error = exc
+        return jobs
 
     def _drop_cancelled(self) -> None:
         i = 0
@@ -276,7 +301,8 @@ def _notify(job: SegmentJob, codes: list[int], finished: bool) -> None:
     try:
         job.on_codes(job, codes, finished)
     except Exception as exc:
-        log.exception("segment %s: code callback failed", job.tag or job.id)
+        log.exception("segment %s: code callback failed", job.tag or job.id,
+                      extra={"request_id": job.tag.split("/")[0] if job.tag else None})
         job.cancelled = True
         job.error = exc
 
@@ -331,6 +357,10 @@ class CodecWorker:
     def _run(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._heap and not self._closed:
@@ -342,9 +372,8 @@ class CodecWorker:
                 continue
             start = time.perf_counter()
             try:
-                with torch.inference_mode():
-                    task.fn()
-            except Exception:
+                task.fn()
+            except Exception:  # tasks report their own errors; this only keeps the thread alive
                 log.exception("%s: codec task failed", self.name)
             self.decodes += 1
             self.busy_seconds += time.perf_counter() - start

@@ -8,8 +8,9 @@ One `SpeechStream` per utterance (a request, a WebSocket answer, an LLM reply):
 
 Lanes are the multi-queue of LLMVoX: each lane runs its segments one after another on its own worker
 (its own model replica and device), so while lane 0 speaks sentence k, lane 1 already generates
-sentence k+1. Words reach the decoder as soon as the text stage releases them, so a sentence starts
-before the LLM has finished writing it.
+sentence k+1 (the other lanes start once the stream's first audio is out, so nothing of the same
+stream competes with its first chunk). Words reach the decoder as soon as the text stage releases them,
+so a sentence starts before the LLM has finished writing it.
 
 Chunk schedule (the original's): a lane dumps a chunk when `dump` new codes are waiting; `dump` starts
 at `initial_dump_size_1` on lane 0 and `initial_dump_size_2` on the others, grows x3 after every chunk
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import queue
 import threading
 import time
@@ -121,6 +123,8 @@ class SpeechEngine:
         self.hop = int(getattr(tts.codec, "hop_length", 320))
         self.eoa_id = tts.eoa_id
         self.num_workers = num_workers
+        if threads is None:  # a decoder and a codec thread per worker share the cores
+            threads = max(1, (os.cpu_count() or 1) // (2 * num_workers))
         self.threads = threads
         replicas: dict[str, tuple[Any, Any]] = {}
         self.workers: list[DecoderWorker] = []
@@ -433,10 +437,17 @@ class SpeechStream:
             seg.text_done = seg.text_done or last
             seg.job.feed(ids, last=last)
 
+    def _start_lanes(self) -> None:
+        for lane in self._lanes:
+            self._start_lane(lane)
+
     def _start_lane(self, lane: _Lane) -> None:
         if lane.running is not None or not lane.queue or self.cancelled:
             return
-        seg = lane.queue.popleft()
+        seg = lane.queue[0]
+        if seg.index > 0 and self.first_audio_at is None and not self._segments[0].done:
+            return  # the first chunk decides the time to first audio: nothing else of this stream competes
+        lane.queue.popleft()
         lane.running = seg
         job = SegmentJob(lambda _job, codes, finished, seg=seg: self._on_codes(seg, codes, finished),
                          max_audio_length=self.max_audio_length, tag=f"{self.request_id}/{seg.index}")
@@ -468,7 +479,7 @@ class SpeechStream:
                 seg.done = True
                 lane.running = None
                 self._advance_history()
-                self._start_lane(lane)
+                self._start_lanes()
             self._submit_ready()
             self._deliver()
 
@@ -524,11 +535,16 @@ class SpeechStream:
         deadline = base + start_frame * hop / engine.sample_rate
 
         def run() -> None:
-            if not window:
-                audio = np.zeros(0, dtype=np.float32)
-            else:
-                codes = torch.tensor([window], dtype=torch.long, device=codec.device)
-                audio = codec.decode_codes(codes)[0].float().cpu().numpy()
+            try:
+                if not window:
+                    audio = np.zeros(0, dtype=np.float32)
+                else:
+                    codes = torch.tensor([window], dtype=torch.long, device=codec.device)
+                    audio = codec.decode_codes(codes)[0].float().cpu().numpy()
+            except Exception as exc:  # a device error: end this stream with it, not hang
+                log.exception("codec decode failed", extra={"request_id": self.request_id})
+                self.fail(exc)
+                return
             head = audio[lead * hop:(lead + emit) * hop]
             tail = audio[(lead + emit) * hop:] if context else None
             self._on_audio(seg, chunk, head, tail)
@@ -557,6 +573,7 @@ class SpeechStream:
                 samples = np.ascontiguousarray(samples, dtype=np.float32)
                 if len(samples) and self.first_audio_at is None:
                     self.first_audio_at = time.perf_counter()
+                    self._start_lanes()
                 self.audio_samples += len(samples)
                 text = " ".join(seg.words) if chunk.index == 0 else None
                 self._sink(AudioChunk(samples, seg.index, chunk.index, chunk.final, text))
@@ -582,7 +599,7 @@ class SpeechStream:
         try:
             self._sink(None)
         except Exception:
-            log.exception("[%s] sink failed at the end of the stream", self.request_id)
+            log.exception("sink failed at the end of the stream", extra={"request_id": self.request_id})
 
 
 def _crossfade(prev_tail: np.ndarray | None, head: np.ndarray, fade: int) -> np.ndarray:

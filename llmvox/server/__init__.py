@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket server: `llmvox.server.app.create_app(settings, tts=...)`."""

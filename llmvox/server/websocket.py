@@ -110,6 +110,7 @@ class _Session:
         stream = self.state.engine.open(sink=sink, request_id=f"{self.rid}.{self.utterance}")
         self.delivered = 0
         self.flush_marks = []
+        self.audio_seconds = 0.0  # of this utterance (since the last cancel)
         return stream
 
     def close(self) -> None:

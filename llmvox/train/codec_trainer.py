@@ -104,6 +104,9 @@ class CodecTrainSettings:
     schedule_start: int = 0  # the step at which the current warmup + cosine schedule began
     # runtime
     bf16: bool = True
+    # The encoder's convs are narrow (16-256 channels at high rates): bf16 does not speed them up on
+    # a CPU (measured: same step time), and float32 keeps training codes equal to inference codes.
+    encoder_bf16: bool = False
     threads: int = 1
     seed: int = 0
     log_every: int = 20
@@ -323,6 +326,7 @@ class EmaCodebook:
         self.dead_fraction = dead_fraction
         self.epsilon = epsilon
         self.center: Tensor | None = None  # the latent mean the rows are currently aligned to
+        self.anchor: Tensor | None = None  # the latent mean at initialisation (see `anchor_loss`)
 
     def _smoothed_counts(self) -> Tensor:
         k = self.size
@@ -378,6 +382,18 @@ class EmaCodebook:
         self.q.embed_avg.copy_(centroids * share[:, None])
         self.q.inited.fill_(1)
         self.center = vectors.mean(0)
+        self.anchor = self.center.clone()
+
+    def anchor_loss(self, latents: Tensor) -> Tensor:
+        """Squared distance of the batch's mean latent from its value at initialisation (per dim).
+
+        `recenter` makes the codebook follow the mean, which also removes the commitment loss's
+        restoring force on it; without this term the mean random-walks away (Adam momentum makes
+        it a steady drift) and the codebook is always one step behind the encoder.
+        """
+        if self.anchor is None:
+            return latents.new_zeros(())
+        return (latents.mean(dim=(0, 2)) - self.anchor).pow(2).mean()
 
     @torch.no_grad()
     def update(self, vectors: Tensor, codes: Tensor) -> int:
@@ -485,6 +501,7 @@ class CodecTrainer:
         self.data_path = str(data_path)
         self.progress = progress
         state = None
+        phase_switch = False
         state_path = self.out_dir / STATE_FILE
         if resume:
             if not state_path.is_file():
@@ -495,8 +512,9 @@ class CodecTrainer:
             config = CodecConfig.from_dict(state["codec_config"])
             previous = CodecTrainSettings.from_dict(state["settings"])
             settings = CodecTrainSettings.from_dict({**previous.to_dict(), **(overrides or {})})
-            if settings.freeze_encoder and not previous.freeze_encoder:
-                # Phase switch: a fresh warmup + cosine schedule for the remaining steps.
+            phase_switch = settings.freeze_encoder and not previous.freeze_encoder
+            if phase_switch:
+                # A fresh warmup + cosine schedule for the remaining steps.
                 settings.schedule_start = int(state["step"])
         elif state_path.is_file():
             raise LLMVoXError(
@@ -542,6 +560,36 @@ class CodecTrainer:
                 self._scale_encoder_output(settings.latent_init_std)
         else:
             self._load_state(state)
+            if phase_switch:
+                self._freeze_codes()
+
+    def _freeze_codes(self) -> None:
+        """Start of phase B: fix the encoder + codebook at export precision and export them.
+
+        The weights are rounded to `milestone_dtype` first, so the codec that tokenises the corpus
+        (the `phaseA_final` export) and the one phase B keeps training compute identical codes.
+        """
+        dtype = getattr(torch, self.settings.milestone_dtype)
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                if name.startswith(("encoder.", "quantizer.")) and tensor.is_floating_point():
+                    tensor.copy_(tensor.to(dtype).to(tensor.dtype))
+        metrics = {"step": self.step}
+        for name in ("phaseA_final", "latest_phaseA"):
+            path = self.export_milestone(name, metrics)
+        log.info("phase B: encoder and codebook frozen; tokenise with %s (codes fingerprint %s)",
+                 path.with_name("phaseA_final"), self.codes_fingerprint())
+
+    def codes_fingerprint(self) -> str:
+        """A short hash of the encoder + codebook: equal fingerprints mean equal codes."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            if name.startswith("encoder.") or name == "quantizer.embed":
+                digest.update(name.encode())
+                digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     # --- construction helpers --------------------------------------------------------------
 
@@ -565,13 +613,17 @@ class CodecTrainer:
         self.last_milestone_mel = float(state.get("last_milestone_mel", math.inf))
         torch.set_rng_state(state["torch_rng"])
         self.codebook.center = state.get("codebook_center")
+        self.codebook.anchor = state.get("codebook_anchor")
 
     # --- one step ----------------------------------------------------------------------------
 
     def forward(self, audio: Tensor, *, update_codebook: bool) -> StepOutput:
         s = self.settings
         frozen = s.freeze_encoder
-        with _autocast(s.bf16), (torch.no_grad() if frozen else contextlib.nullcontext()):
+        # A frozen encoder runs in float32, exactly as tokenisation will run it, so the backbone
+        # learns to decode the very codes the exported codec produces.
+        with _autocast(s.bf16 and s.encoder_bf16 and not frozen), \
+                (torch.no_grad() if frozen else contextlib.nullcontext()):
             latents = self.model.encoder(audio[:, None]).float()
         if self.step < s.vq_warmup_steps and not frozen:
             features, codes, commit = latents, None, latents.new_zeros(())
@@ -581,6 +633,8 @@ class CodecTrainer:
             if update_codebook and not frozen and s.track_latent_mean:
                 self.codebook.recenter(latents.detach().mean(dim=(0, 2)))
             features, codes, commit = quantize_for_training(self.model, latents)
+            if s.track_latent_mean:
+                commit = commit + self.codebook.anchor_loss(latents)
             if update_codebook and not frozen:
                 flat = latents.detach().transpose(1, 2).reshape(-1, latents.shape[1])
                 self.last_reseeded = self.codebook.update(flat, codes.reshape(-1))
@@ -615,7 +669,7 @@ class CodecTrainer:
         pool = []
         for i in range(s.kmeans_init_batches):
             audio = self.data.batch(self.step * 1000 + i, s.batch_size, stream=1)
-            with _autocast(s.bf16):
+            with _autocast(s.bf16 and s.encoder_bf16):
                 latents = self.model.encoder(audio[:, None]).float()
             pool.append(latents.transpose(1, 2).reshape(-1, latents.shape[1]))
         vectors = torch.cat(pool)
@@ -648,7 +702,7 @@ class CodecTrainer:
             d_loss.backward()
             torch.nn.utils.clip_grad_norm_(self.disc.parameters(), s.grad_clip)
             self.disc_optimizer.step()
-            logs["disc"] = float(d_loss)
+            logs["disc"] = float(d_loss.detach())
 
         mel = self.mel_loss(out.audio_hat, audio)
         stft = self.stft_loss(out.audio_hat, audio)
@@ -662,7 +716,7 @@ class CodecTrainer:
             gen = generator_hinge_loss(fake_scores)
             fm = feature_matching_loss(real_maps, fake_maps)
             loss = loss + s.adv_weight * gen + s.fm_weight * fm
-            logs.update(gen=float(gen), fm=float(fm))
+            logs.update(gen=float(gen.detach()), fm=float(fm.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
@@ -684,7 +738,7 @@ class CodecTrainer:
         was_training = self.model.training
         self.model.eval()
         s = self.settings
-        with _autocast(s.bf16):
+        with _autocast(s.bf16 and s.encoder_bf16):
             latents = self.model.encoder(audio[:, None]).float()
         features = self.model.quantizer.lookup(self.model.quantizer.nearest(latents)) \
             if self.codebook.initialised else latents
@@ -736,6 +790,7 @@ class CodecTrainer:
             "last_milestone_mel": self.last_milestone_mel,
             "torch_rng": torch.get_rng_state(),
             "codebook_center": self.codebook.center,
+            "codebook_anchor": self.codebook.anchor,
         }
 
     def save(self) -> None:
@@ -769,6 +824,7 @@ class CodecTrainer:
             "sample_rate": self.config.sample_rate, "codec": self.config.to_dict(),
             "storage_dtype": self.settings.milestone_dtype, "step": self.step,
             "phase": "B" if self.settings.freeze_encoder else "A",
+            "codes_fingerprint": self.codes_fingerprint(),
             "metrics": metrics, "training": self.settings.to_dict(),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
