@@ -278,8 +278,16 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
                     await fn()
                     group.cancel_scope.cancel()
 
+                async def watch() -> None:
+                    await self.listen_for_disconnect(receive)
+                    # the client left: free its stream now; the streaming task may sit in a worker
+                    # thread's next() that cancellation cannot interrupt until the next chunk
+                    if self._on_close is not None:
+                        self._on_close()
+                    group.cancel_scope.cancel()
+
                 group.start_soon(run, partial(self.stream_response, send))
-                await run(partial(self.listen_for_disconnect, receive))
+                await watch()
         finally:
             if self._on_close is not None:
                 self._on_close()

@@ -20,7 +20,7 @@ INDEX = STATIC_DIR / "index.html"
 UI_PREFIX = "/ui"
 CHAT_MODES = ("text", "voice", "visual_speech", "multimodal")
 MODE_PATHS = {"text": "/textchat", "voice": "/voicechat", "visual_speech": "/vlmschat",
-              "multimodal": "/multimodalchat"}
+              "multimodal": "/multimodalchat", "tts": "/tts"}
 
 
 def wants_html(request: Request) -> bool:
@@ -58,6 +58,7 @@ def server_info(request: Request) -> dict[str, Any]:
         else:
             reason = chat.unavailable(mode)
         modes[mode] = {"available": reason is None, "reason": reason, "path": MODE_PATHS[mode]}
+    modes["tts"] = {"available": True, "reason": None, "path": MODE_PATHS["tts"]}  # every server reads aloud
     stream = settings.stream
     info: dict[str, Any] = {
         "name": "llmvox",

@@ -42,9 +42,10 @@ def upstream_url(ip: str, port: int | str) -> str:
     return f"http://{ip}:{int(port)}"
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "server_error", "param": None, "code": code}},
-                        status_code=status)
+def _error(status: int, message: str, code: str, upstream: str) -> JSONResponse:
+    """The server's JSON error shape, plus `upstream` (the server this proxy forwards to)."""
+    body = {"message": message, "type": "server_error", "param": None, "code": code, "upstream": upstream}
+    return JSONResponse({"error": body}, status_code=status)
 
 
 class UpstreamResponse(StreamingResponse):
@@ -119,10 +120,11 @@ def create_proxy_app(upstream: str, *, api_key: str | None = None, connect_timeo
             answer = await client.send(outgoing, stream=True)
         except httpx.TimeoutException as exc:
             return _error(504, f"the llmvox server at {upstream} did not answer in time ({type(exc).__name__})",
-                          "upstream_timeout")
+                          "upstream_timeout", upstream)
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
-            return _error(502, f"cannot reach the llmvox server at {upstream} ({reason})", "upstream_unreachable")
+            return _error(502, f"cannot reach the llmvox server at {upstream} ({reason})", "upstream_unreachable",
+                          upstream)
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
         headers[UPSTREAM_HEADER] = upstream
         return UpstreamResponse(answer, headers)
@@ -162,7 +164,7 @@ async def relay_websocket(websocket: WebSocket, upstream: str, outgoing_headers)
         return
     except (OSError, TimeoutError) as exc:
         await websocket.send_denial_response(
-            _error(502, f"cannot reach the llmvox server at {upstream} ({exc})", "upstream_unreachable"))
+            _error(502, f"cannot reach the llmvox server at {upstream} ({exc})", "upstream_unreachable", upstream))
         return
     await websocket.accept()
 

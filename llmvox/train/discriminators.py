@@ -2,7 +2,8 @@
 
 Reconstruction losses alone give an intelligible but slightly buzzy, over-smoothed vocoder; the
 discriminators supply the missing fine structure. They are only built when adversarial training is
-asked for (they cost more compute than the codec itself on a CPU). Each returns, per
+asked for, and are narrower than the GPU originals (see `CPU_PERIOD_CHANNELS`): even so a GAN step
+costs several codec steps on a CPU. Each returns, per
 sub-discriminator, a score map and its hidden activations (for feature matching).
 """
 
@@ -78,10 +79,17 @@ class ResolutionDiscriminator(nn.Module):
         return x.flatten(1), maps
 
 
+# Widths for a CPU. HiFi-GAN's period discriminators (32..1024 channels) cost ~12 s per forward +
+# backward of 8 x 1 s on one core here; these cost ~0.4 s (period) and ~0.3 s (resolution).
+CPU_PERIOD_CHANNELS = (16, 32, 64, 128)
+CPU_RESOLUTION_CHANNELS = 16
+
+
 class MultiPeriodDiscriminator(nn.Module):
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11)) -> None:
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11),
+                 channels: Sequence[int] = CPU_PERIOD_CHANNELS) -> None:
         super().__init__()
-        self.discriminators = nn.ModuleList(PeriodDiscriminator(p) for p in periods)
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, channels) for p in periods)
 
     def forward(self, audio: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
         outs = [d(audio) for d in self.discriminators]
@@ -89,9 +97,10 @@ class MultiPeriodDiscriminator(nn.Module):
 
 
 class MultiResolutionDiscriminator(nn.Module):
-    def __init__(self, resolutions: Sequence[tuple[int, int]] = ((512, 128), (1024, 256), (2048, 512))) -> None:
+    def __init__(self, resolutions: Sequence[tuple[int, int]] = ((512, 128), (1024, 256), (2048, 512)),
+                 channels: int = CPU_RESOLUTION_CHANNELS) -> None:
         super().__init__()
-        self.discriminators = nn.ModuleList(ResolutionDiscriminator(n, h) for n, h in resolutions)
+        self.discriminators = nn.ModuleList(ResolutionDiscriminator(n, h, channels) for n, h in resolutions)
 
     def forward(self, audio: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
         outs = [d(audio) for d in self.discriminators]

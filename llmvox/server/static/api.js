@@ -38,32 +38,36 @@ export function unreachable(error) {
 export async function errorFromResponse(response) {
   let message = '';
   let code = `http_${response.status}`;
+  let upstream = null;
   try {
     const body = await response.json();
     if (body && body.error) {
       message = body.error.message || '';
       code = body.error.code || code;
+      upstream = body.error.upstream || null;
     }
   } catch (_) {
     message = response.statusText || '';
   }
-  return new ApiError(explainHttp(response.status, code, message), { status: response.status, code, detail: message });
+  return new ApiError(explainHttp(response.status, code, message, upstream),
+    { status: response.status, code, detail: message });
 }
 
 function sentence(text) {
   const t = (text || '').trim();
   if (!t) return '';
   const first = t.charAt(0).toUpperCase() + t.slice(1);
-  return /[.!?)]$/.test(first) ? first : `${first}.`;
+  return /[.!?]$/.test(first) ? first : `${first}.`;
 }
 
-export function explainHttp(status, code, message) {
+export function explainHttp(status, code, message, upstream = null) {
   const said = sentence(message);
+  const server = upstream ? `the llmvox server at ${upstream}` : 'the llmvox server';
   if (code === 'upstream_unreachable') {
-    return `The UI is running, but it can't reach the llmvox server behind it. ${said} ` +
-      'Check that the server is running and that run_ui.py was given the right --ip and --port.';
+    return `The UI is running, but it can't reach ${server}. Check that the server is running and that ` +
+      'run_ui.py was given the right --ip and --port, then press Try again.';
   }
-  if (code === 'upstream_timeout') return `The llmvox server did not answer in time. ${said}`;
+  if (code === 'upstream_timeout') return `${sentence(server)} did not answer in time. Try again in a moment.`;
   if (status === 401) return `This server needs an API key. Enter it under Settings, then try again. (${said})`;
   if (status === 409) return `This server can't do that. ${said}`;
   if (status === 413) return `That was too big for the server. ${said}`;

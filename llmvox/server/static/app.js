@@ -10,8 +10,11 @@ import { StreamPlayer } from './player.js';
 import { blobToBase64, concatFloat32, encodeWav } from './wav.js';
 
 const $ = (id) => document.getElementById(id);
-const MODES = ['text', 'voice', 'visual_speech', 'multimodal'];
-const MODE_NAMES = { text: 'text', voice: 'voice', visual_speech: 'picture + voice', multimodal: 'multimodal' };
+const MODES = ['text', 'voice', 'visual_speech', 'multimodal', 'tts'];
+const MODE_NAMES = {
+  text: 'text', voice: 'voice', visual_speech: 'picture + voice', multimodal: 'multimodal', tts: 'read aloud',
+};
+const TYPED = ['text', 'tts']; // modes without the microphone
 const LONG_PRESS_MS = 350;
 const MIN_QUESTION_SECONDS = 0.3;
 
@@ -149,18 +152,24 @@ function selectMode(mode, focus) {
     if (selected && focus) tab.focus();
   }
   const available = modeAvailable(mode);
-  const speech = mode !== 'text';
+  const speech = !TYPED.includes(mode);
   $('speech-controls').hidden = !speech;
   $('talk').disabled = !available;
   $('handsfree').disabled = !available;
   $('text-input').disabled = mode === 'text' && !available;
   $('send-text').disabled = mode === 'text' && !available;
+  $('tts-input').disabled = mode === 'tts' && !available;
+  $('send-tts').disabled = mode === 'tts' && !available;
   for (const el of document.querySelectorAll(`#panel-${mode} input, #panel-${mode} button`)) el.disabled = !available;
   if ((!speech || !available) && $('handsfree').checked) {
     $('handsfree').checked = false;
     app.mic.stopListening();
   }
   if (!['visual_speech', 'multimodal'].includes(mode)) stopCamera();
+  if (!speech && app.mic.state !== 'closed') { // the microphone stays open on the speech tabs only
+    app.mic.close();
+    $('mic-level').value = 0;
+  }
   history.replaceState(null, '', `#${mode}`);
 }
 
@@ -168,7 +177,9 @@ function onTabKey(event) {
   const index = MODES.indexOf(app.mode);
   let next = null;
   if (event.key === 'ArrowRight' || event.key === 'ArrowDown') next = MODES[(index + 1) % MODES.length];
-  else if (event.key === 'ArrowLeft' || event.key === 'ArrowUp') next = MODES[(index + MODES.length - 1) % MODES.length];
+  else if (event.key === 'ArrowLeft' || event.key === 'ArrowUp') {
+    next = MODES[(index + MODES.length - 1) % MODES.length];
+  }
   else if (event.key === 'Home') next = MODES[0];
   else if (event.key === 'End') next = MODES[MODES.length - 1];
   if (next) {
@@ -224,22 +235,30 @@ function seconds(x) {
 
 function showMetrics(turn) {
   const r = turn.rec;
-  const parts = [`first audio after ${seconds(r.ttfa)}`, `complete after ${seconds(r.total)}`,
-    `${seconds(r.audioSeconds)} of speech`];
+  const parts = [`first audio after ${seconds(r.ttfa)}`];
+  if (r.asrSeconds) parts.push(`of which speech recognition ${seconds(r.asrSeconds)}`);
+  if (r.status === 'stopped') {
+    parts.push(`stopped after ${seconds(r.stoppedAfter)}`, `${seconds(r.audioSeconds)} of speech received`);
+  } else {
+    parts.push(`complete after ${seconds(r.total)}`, `${seconds(r.audioSeconds)} of speech`);
+  }
   if (r.rtf !== null) parts.push(`real-time factor ${r.rtf.toFixed(2)}${r.rtf < 1 ? ' (faster than real time)' : ''}`);
   if (r.gaps) parts.push(`${r.gaps} playback gap${r.gaps > 1 ? 's' : ''}`);
-  if (r.status === 'stopped') parts.push('stopped');
   turn.entry.metrics.textContent = parts.join(' · ');
 }
 
 function showTranscript(turn, snap) {
   if (!snap) return;
-  if (snap.question && turn.entry.question.textContent !== snap.question && turn.mode !== 'text') {
+  if (snap.question && turn.entry.question.textContent !== snap.question && !TYPED.includes(turn.mode)) {
     turn.entry.question.textContent = snap.question;
     turn.rec.question = snap.question;
   }
   turn.rec.answer = snap.answer || '';
   turn.rec.transcriptDone = Boolean(snap.done);
+  if (snap.asr_seconds && !turn.rec.asrSeconds) {
+    turn.rec.asrSeconds = snap.asr_seconds;
+    if (turn.rec.status !== 'running') showMetrics(turn);
+  }
   if (snap.answer) turn.entry.answer.textContent = snap.answer + (snap.done ? '' : ' …');
   if (snap.done && snap.error) turn.entry.answer.textContent += ` (${snap.error})`;
 }
@@ -285,10 +304,12 @@ async function runTurn(mode, body, view) {
   }
   stopTurn(); // a new question interrupts the answer in progress
   clearError();
-  if (!$('prompt-default').checked) body.system_prompt = $('system-prompt').value;
+  if (!$('prompt-default').checked && mode !== 'tts') body.system_prompt = $('system-prompt').value;
   const rec = {
     mode, requestId: null, question: view.question || null, answer: '', status: 'running', error: null,
+    asrSeconds: null, stoppedAfter: null,
     buffers: 0, seconds: 0, gaps: 0, ttfa: null, total: null, audioSeconds: null, rtf: null, bytes: 0,
+    schedule: [], // [start time, duration] of every AudioBuffer, in the AudioContext's clock
   };
   stats.turns.push(rec);
   const turn = { mode, rec, controller: new AbortController(), samples: [], streamEnded: false,
@@ -305,8 +326,10 @@ async function runTurn(mode, body, view) {
       status('Ready.', 'ready');
     }
   };
-  status(mode === 'text' || mode === 'multimodal' ? 'Thinking…' : 'Recognising your question…', 'waiting');
+  const waiting = { tts: 'Reading…', text: 'Thinking…', multimodal: 'Thinking…' }[mode] || 'Recognising your question…';
+  status(waiting, 'waiting');
   const t0 = performance.now();
+  turn.t0 = t0;
   let started;
   try {
     started = await startChat(app.info.modes[mode].path, body, { apiKey: apiKey(), signal: turn.controller.signal });
@@ -315,6 +338,7 @@ async function runTurn(mode, body, view) {
     return;
   }
   rec.requestId = started.requestId;
+  if (mode === 'tts') turn.entry.answer.textContent = '(your text, read aloud)';
   if (started.question) {
     rec.question = started.question;
     turn.entry.question.textContent = started.question;
@@ -385,10 +409,17 @@ function stopTurn() {
   app.turn = null;
   turn.controller.abort();
   if (turn.rec.status === 'running') {
-    turn.rec.status = 'stopped';
-    turn.rec.total = null;
+    const rec = turn.rec;
+    rec.status = 'stopped';
+    rec.stoppedAfter = turn.t0 === undefined ? null : (performance.now() - turn.t0) / 1000;
+    if (turn.samples.length) { // what was heard so far can still be replayed and saved
+      const all = concatFloat32(turn.samples);
+      rec.audioSeconds = all.length / app.player.sampleRate;
+      app.last = { samples: all, requestId: rec.requestId, sampleRate: app.player.sampleRate };
+    }
     showMetrics(turn);
     turn.entry.li.classList.add('stopped');
+    if (turn.entry.answer.textContent === '…') turn.entry.answer.textContent = '(stopped before the answer began)';
   }
   setBusy(false);
   status('Stopped.', 'ready');
@@ -449,7 +480,7 @@ async function openMic() {
 }
 
 async function pressTalk() {
-  if (app.mode === 'text' || !modeAvailable() || ptt.down) return;
+  if (TYPED.includes(app.mode) || !modeAvailable() || ptt.down) return;
   ptt.down = true;
   if (app.mic.state === 'recording' && ptt.toggled) { // second press of a click-to-talk: send
     ptt.toggled = false;
@@ -580,17 +611,16 @@ function sendSpeech(question) {
   runTurn(mode, body, { question: null, images });
 }
 
-function sendText(event) {
+function sendTyped(mode, input, event) {
   event.preventDefault();
-  const input = $('text-input');
   const text = input.value.trim();
   if (!text) {
-    status('Type a message first.');
+    status(mode === 'tts' ? 'Type some text first.' : 'Type a message first.');
     input.focus();
     return;
   }
   input.value = '';
-  runTurn('text', { text }, { question: text });
+  runTurn(mode, { text }, { question: text });
 }
 
 // ---- pictures ------------------------------------------------------------------------------------
@@ -720,13 +750,17 @@ function isEditable(target) {
 function wire() {
   for (const mode of MODES) $(`tab-${mode}`).addEventListener('click', () => selectMode(mode, false));
   document.querySelector('[role="tablist"]').addEventListener('keydown', onTabKey);
-  $('text-form').addEventListener('submit', sendText);
-  $('text-input').addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      $('text-form').requestSubmit();
-    }
-  });
+  for (const mode of TYPED) {
+    const form = $(`${mode}-form`);
+    const input = $(`${mode}-input`);
+    form.addEventListener('submit', (event) => sendTyped(mode, input, event));
+    input.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+  }
   $('stop').addEventListener('click', stopTurn);
   $('replay').addEventListener('click', replay);
   $('download').addEventListener('click', download);
@@ -759,7 +793,7 @@ function wire() {
       return;
     }
     if ((event.key === 't' || event.key === 'T') && !event.ctrlKey && !event.metaKey && !event.altKey &&
-        !isEditable(event.target) && app.mode !== 'text') {
+        !isEditable(event.target) && !TYPED.includes(app.mode)) {
       event.preventDefault();
       if (!event.repeat) {
         ptt.byKey = true;
@@ -784,13 +818,16 @@ function wire() {
   });
   const key = $('api-key');
   key.value = sessionStorage.getItem('llmvox-api-key') || '';
+  $('key-form').addEventListener('submit', (event) => event.preventDefault());
   key.addEventListener('change', () => {
     sessionStorage.setItem('llmvox-api-key', key.value.trim());
     connect();
   });
   $('visual-file').addEventListener('change', (event) => onFiles('visual_speech', event.target));
   $('multi-file').addEventListener('change', (event) => onFiles('multimodal', event.target));
-  for (const b of document.querySelectorAll('.camera-toggle')) b.addEventListener('click', () => toggleCamera(b.dataset.target));
+  for (const b of document.querySelectorAll('.camera-toggle')) {
+    b.addEventListener('click', () => toggleCamera(b.dataset.target));
+  }
   for (const b of document.querySelectorAll('.camera-snap')) b.addEventListener('click', () => snapshot(b.dataset.target));
   document.addEventListener('pointerdown', () => app.player && app.player.resume(), { once: true });
   document.addEventListener('keydown', () => app.player && app.player.resume(), { once: true });

@@ -81,7 +81,12 @@ export class Microphone {
       throw new MicError(explainMediaError(error, 'microphone'), error.name || 'error');
     }
     this.ctx = new AudioContext();
-    await this.ctx.audioWorklet.addModule(new URL('capture-worklet.js', import.meta.url));
+    try {
+      await this.ctx.audioWorklet.addModule(new URL('capture-worklet.js', import.meta.url));
+    } catch (error) {
+      this.close();
+      throw new MicError(`The page could not start recording (${error.message}).`, 'worklet');
+    }
     const source = this.ctx.createMediaStreamSource(this.stream);
     const frameSize = Math.round(this.ctx.sampleRate * FRAME_SECONDS);
     this.node = new AudioWorkletNode(this.ctx, 'llmvox-capture', { processorOptions: { frameSize } });
@@ -231,7 +236,9 @@ export class Camera {
     const unavailable = mediaAvailable('camera');
     if (unavailable) throw new MicError(unavailable, 'unavailable');
     try {
-      this.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } } });
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 } },
+      });
     } catch (error) {
       throw new MicError(explainMediaError(error, 'camera'), error.name || 'error');
     }

@@ -91,7 +91,8 @@ export class StreamPlayer {
       }
       this.nextTime = now + this.lead;
     }
-    source.start(this.nextTime);
+    const when = this.nextTime;
+    source.start(when);
     this.nextTime += buffer.duration;
     this.sources.add(source);
     source.onended = () => {
@@ -103,6 +104,7 @@ export class StreamPlayer {
     if (this.turn) {
       this.turn.buffers += 1;
       this.turn.seconds += buffer.duration;
+      if (this.turn.schedule && this.turn.schedule.length < 5000) this.turn.schedule.push([when, buffer.duration]);
     }
   }
 
