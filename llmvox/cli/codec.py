@@ -17,30 +17,15 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmvox.cli.common import command_group
 from llmvox.errors import LLMVoXError
 
 if TYPE_CHECKING:
     from llmvox.codec.wavtokenizer import WavTokenizer
 
-_SUBACTION_ATTR = "_llmvox_codec_subparsers"
-
-
 def codec_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The sub-subparsers of `llmvox codec`, creating the `codec` command on first use."""
-    parser = subparsers.choices.get("codec")
-    if parser is None:
-        parser = subparsers.add_parser(
-            "codec", help="WavTokenizer codec: encode audio to codes, decode codes to audio",
-            description="WavTokenizer codec tools.",
-        )
-        parser.set_defaults(func=lambda args: _print_help(parser))
-        setattr(parser, _SUBACTION_ATTR, parser.add_subparsers(dest="codec_command", metavar="SUBCOMMAND"))
-    return getattr(parser, _SUBACTION_ATTR)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    return command_group(subparsers, "codec", "WavTokenizer codec: encode audio to codes, decode codes to audio")
 
 
 def _bundle_available() -> bool:

@@ -15,25 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 
-_DATA_ATTR = "_llmvox_data_subparsers"
+from llmvox.cli.common import command_group
 
 
 def data_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The `llmvox data` sub-subparsers, created on first use for this top-level parser."""
-    existing = getattr(subparsers, _DATA_ATTR, None)
-    if existing is not None:
-        return existing
-    parser = subparsers.add_parser("data", help="build and check training datasets",
-                                   description="Build and check LLMVoX training datasets.")
-    sub = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-
-    def show_help(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    parser.set_defaults(func=show_help)
-    setattr(subparsers, _DATA_ATTR, sub)
-    return sub
+    return command_group(subparsers, "data", "build and check training datasets")
 
 
 def _add(p: argparse.ArgumentParser, name: str, **kw) -> None:

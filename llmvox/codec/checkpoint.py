@@ -19,6 +19,7 @@ from torch import Tensor
 
 from llmvox.codec.config import CodecConfig
 from llmvox.codec.wavtokenizer import WavTokenizer, WeightNormConv1d
+from llmvox.device import resolve_device
 from llmvox.errors import LLMVoXError
 
 # Prefixes of the original state dict that inference does not use.
@@ -66,22 +67,6 @@ def ours_to_original(key: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' -> torch.device, with a clear error when CUDA is unavailable."""
-    try:
-        dev = torch.device(device or "cpu")
-    except (RuntimeError, TypeError):
-        raise LLMVoXError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LLMVoXError(f"device {device!r} requested but CUDA is not available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LLMVoXError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    elif dev.type != "cpu":
-        raise LLMVoXError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
-    return dev
 
 
 def read_lightning_state_dict(ckpt_path: str | Path) -> dict[str, Tensor]:

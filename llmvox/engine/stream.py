@@ -200,7 +200,7 @@ class SpeechEngine:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    from llmvox.api import resolve_device
+    from llmvox.device import resolve_device
 
     return resolve_device(device)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmvox.errors import LLMVoXError
+from llmvox.llm.base import LLMBackend
 
 
 class StopText:
@@ -180,3 +181,26 @@ def eos_ids(model, tokenizer, eos_token: str | None) -> list[int]:
         if eos_token in vocab:
             ids.append(int(vocab[eos_token]))
     return sorted(set(ids))
+
+
+class HFChatBackend(LLMBackend):
+    """What the transformers backends share: one answer at a time, streamed through `stream_generate`.
+
+    Subclasses set model, tokenizer, eos/pad ids, `_lock`, `_count` and define `prompt_inputs`.
+    """
+
+    def prompt_inputs(self, messages: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
+                    top_p: float = 0.95, top_k: int = 40, stop: list[str] | None = None,
+                    cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
+        with self._lock:
+            inputs = self.prompt_inputs(messages)
+            yield from stream_generate(
+                self.model, self.tokenizer, inputs, max_new_tokens=max_tokens,
+                sampling=sampling_kwargs(temperature, top_p, top_k), eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id, stop=stop, cancel=cancel, on_token=self._count, seed=seed)
+
+    def close(self) -> None:
+        self.model = None

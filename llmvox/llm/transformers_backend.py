@@ -10,17 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
 
 from llmvox.errors import LLMVoXError
-from llmvox.llm.base import LLMBackend
 from llmvox.llm.hf_generate import (
+    HFChatBackend,
     eos_ids,
     load_failure,
     resolve_device,
     resolve_dtype,
-    sampling_kwargs,
-    stream_generate,
 )
 
 INSTALL_TRANSFORMERS = "pip install 'transformers>=4.56'"
@@ -45,7 +42,7 @@ def text_only(messages: list[dict]) -> list[dict]:
     return flat
 
 
-class TransformersBackend(LLMBackend):
+class TransformersBackend(HFChatBackend):
     """A causal LM with a chat template, on `device` ('cpu', 'cuda:N' or 'auto').
 
     One generation at a time per instance (a lock). `eos_token` adds a turn-end token the model's config
@@ -83,16 +80,3 @@ class TransformersBackend(LLMBackend):
         encoded = self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=True,
                                                      tokenize=True, return_dict=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in encoded.items()}
-
-    def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
-                    top_p: float = 0.95, top_k: int = 40, stop: list[str] | None = None,
-                    cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
-        with self._lock:
-            inputs = self.prompt_inputs(messages)
-            yield from stream_generate(
-                self.model, self.tokenizer, inputs, max_new_tokens=max_tokens,
-                sampling=sampling_kwargs(temperature, top_p, top_k), eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id, stop=stop, cancel=cancel, on_token=self._count, seed=seed)
-
-    def close(self) -> None:
-        self.model = None

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 
 from llmvox.errors import LLMVoXError
-from llmvox.llm.base import LLMBackend
 from llmvox.llm.hf_generate import (
+    HFChatBackend,
     eos_ids,
     load_failure,
     resolve_device,
     resolve_dtype,
-    sampling_kwargs,
-    stream_generate,
 )
 from llmvox.llm.transformers_backend import require_transformers
 
@@ -67,7 +64,7 @@ def shrink(image, max_side: int | None):
     return image.resize(size)
 
 
-class ProcessorChatBackend(LLMBackend):
+class ProcessorChatBackend(HFChatBackend):
     """A processor + generate() model; subclasses choose the auto class and what media they take."""
 
     accepts_images = True
@@ -144,19 +141,6 @@ class ProcessorChatBackend(LLMBackend):
         dtype = self.model.dtype
         return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
                 for k, v in encoded.items() if hasattr(v, "to")}
-
-    def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
-                    top_p: float = 0.95, top_k: int = 40, stop: list[str] | None = None,
-                    cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
-        with self._lock:
-            inputs = self.prompt_inputs(messages)
-            yield from stream_generate(
-                self.model, self.tokenizer, inputs, max_new_tokens=max_tokens,
-                sampling=sampling_kwargs(temperature, top_p, top_k), eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id, stop=stop, cancel=cancel, on_token=self._count, seed=seed)
-
-    def close(self) -> None:
-        self.model = None
 
 
 class VisionLanguageBackend(ProcessorChatBackend):

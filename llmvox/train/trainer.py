@@ -297,7 +297,7 @@ class DistEnv:
 def resolve_train_device(name: str, local_rank: int = 0) -> torch.device:
     if name in ("", "auto"):
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    from llmvox.api import resolve_device
+    from llmvox.device import resolve_device
 
     dev = resolve_device(name)
     if dev.type == "cuda" and dev.index is None:
