@@ -1,4 +1,8 @@
-"""`llmvox bench stream`: time to first audio, real-time factor and throughput through the real server."""
+"""`llmvox bench stream`: time to first audio, real-time factor and throughput through the real server.
+
+With `--llm` (or `--chat_type`) it measures chat instead: the server runs with its LLM (and Whisper for
+voice chat) and each turn's time to first audio includes ASR and the LLM's first token.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmvox.cli.common import add_flag, command_group
+from llmvox.cli.common import ORIGINAL_MODEL_FLAGS, add_flag, add_voice_args, command_group
 
 BENCH_HELP = "measure speed on this machine (results to a JSON file)"
 
@@ -16,15 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = command_group(subparsers, "bench", BENCH_HELP).add_parser(
         "stream", help="streams through the real server: first audio, real-time factor, throughput",
         description="Starts `llmvox serve --chat_type tts` (or uses --url) and sends 1, 4 and 16 concurrent "
-                    "/v1/audio/speech requests. Without --bundle it builds a random-weight voice at the released "
-                    "sizes; random weights never stop by themselves, so each sentence is exactly "
-                    "--codes_per_sentence codes long.",
+                    "/v1/audio/speech requests. With --llm (or --chat_type text|voice) it starts the server with "
+                    "its chat LLM (and Whisper for voice chat) and sends --turns chat turns per client for 1 and "
+                    "4 concurrent clients. Without a voice (--bundle or the original model paths) it builds a "
+                    "random-weight voice at the released sizes; random weights never stop by themselves, so each "
+                    "sentence is exactly --codes_per_sentence codes long.",
     )
     add_flag(p, "json", metavar="OUT.json", required=True, help="write the results here")
-    add_flag(p, "concurrency", default="1,4,16", help="comma-separated stream counts (default 1,4,16)")
-    add_flag(p, "sentences", type=int, default=3, help="sentences per request (default 3)")
+    add_flag(p, "concurrency", default=None,
+             help="comma-separated stream (or chat client) counts (default 1,4,16; chat: 1,4)")
+    add_flag(p, "sentences", type=int, default=3, help="sentences per request (default 3; TTS only)")
     add_flag(p, "codes_per_sentence", type=int, default=150, help="codes (75 per second) per sentence (default 150)")
-    add_flag(p, "bundle", metavar="DIR", help="a voice bundle (default: random weights, released sizes)")
+    add_voice_args(p, device=False)
     add_flag(p, "url", help="measure a running server instead (its own settings apply)")
     add_flag(p, "api_key", help="the server's API key, if it has one")
     add_flag(p, "num_workers", type=int, default=2)
@@ -32,29 +39,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "chunk_join", choices=["context", "original"], default="context")
     add_flag(p, "dtype", choices=["float32", "bfloat16"], default="float32", help="the server's decoder precision")
     add_flag(p, "markdown", metavar="OUT.md", help="also write the README table here")
+
+    g = p.add_argument_group("chat (time to first audio behind an LLM, and ASR for voice chat)")
+    add_flag(g, "llm", nargs="?", const="default", default=None, metavar="GGUF|URL|DIR|default",
+             help="measure chat with this LLM (--llm_checkpoint of the server); 'default' or no value: the "
+                  "embedded SmolLM2")
+    add_flag(g, "chat_type", choices=["text", "voice"], default=None,
+             help="text: questions to /textchat; voice: questions spoken by the hibari teacher to /voicechat "
+                  "(Whisper base). Implies --llm default when --llm is not given (default: text)")
+    add_flag(g, "turns", type=int, default=3, help="chat turns per client, one after another (default 3)")
+    add_flag(g, "llm_max_tokens", type=int, default=96, help="answer length cap in tokens (default 96)")
+    add_flag(g, "llm_temperature", type=float, default=0.0, help="0 = greedy, so runs repeat (default 0)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from llmvox.bench.stream import markdown_table, run_stream_bench
+def _levels(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     from llmvox.errors import LLMVoXError
 
+    if text is None:
+        return default
     try:
-        levels = tuple(int(x) for x in args.concurrency.split(",") if x.strip())
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise LLMVoXError(f"--concurrency must be comma-separated integers (got {args.concurrency!r})") from None
+        raise LLMVoXError(f"--concurrency must be comma-separated integers (got {text!r})") from None
     if not levels or min(levels) < 1:
         raise LLMVoXError("--concurrency needs positive stream counts")
+    return levels
+
+
+def _original_voice_args(args: argparse.Namespace) -> list[str]:
+    """The original model paths given on the command line, passed on to the server as they are."""
+    out: list[str] = []
+    for name, _ in ORIGINAL_MODEL_FLAGS:
+        value = getattr(args, name, None)
+        if value:
+            out += [f"--{name}", str(value)]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmvox.bench.stream import chat_markdown_table, markdown_table, run_chat_bench, run_stream_bench
+    from llmvox.errors import LLMVoXError
+
+    chat = args.llm is not None or args.chat_type is not None
+    levels = _levels(args.concurrency, (1, 4) if chat else (1, 4, 16))
     if args.sentences < 1 or args.codes_per_sentence < 10:
         raise LLMVoXError("--sentences must be >= 1 and --codes_per_sentence >= 10")
-    result = run_stream_bench(concurrency=levels, sentences=args.sentences,
-                              codes_per_sentence=args.codes_per_sentence, url=args.url, bundle=args.bundle,
-                              num_workers=args.num_workers, threads=args.threads, chunk_join=args.chunk_join,
-                              api_key=args.api_key, extra_args=["--dtype", args.dtype],
-                              log=lambda s: print(s, file=sys.stderr))
+    voice_args = _original_voice_args(args)
+    if args.bundle and voice_args:
+        raise LLMVoXError(f"give either --bundle or the original model paths, not both (also got {voice_args[0]})")
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if chat:
+        if args.turns < 1 or args.llm_max_tokens < 1:
+            raise LLMVoXError("--turns and --llm_max_tokens must be >= 1")
+        llm = args.llm
+        if llm not in (None, "default") and "://" not in llm and not Path(llm).exists() and llm.endswith(".gguf"):
+            raise LLMVoXError(f"GGUF model file not found: {llm}")
+        result = run_chat_bench(chat_type=args.chat_type or "text", llm=llm, concurrency=levels, turns=args.turns,
+                                codes_per_sentence=args.codes_per_sentence, url=args.url, bundle=args.bundle,
+                                voice_args=voice_args, num_workers=args.num_workers, threads=args.threads,
+                                llm_max_tokens=args.llm_max_tokens, llm_temperature=args.llm_temperature,
+                                api_key=args.api_key, extra_args=["--dtype", args.dtype, "--chunk_join", args.chunk_join],
+                                log=log)
+        table = chat_markdown_table(result)
+    else:
+        result = run_stream_bench(concurrency=levels, sentences=args.sentences,
+                                  codes_per_sentence=args.codes_per_sentence, url=args.url, bundle=args.bundle,
+                                  voice_args=voice_args, num_workers=args.num_workers, threads=args.threads,
+                                  chunk_join=args.chunk_join, api_key=args.api_key,
+                                  extra_args=["--dtype", args.dtype], log=log)
+        table = markdown_table(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")

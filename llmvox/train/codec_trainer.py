@@ -47,6 +47,7 @@ from llmvox.train.losses import (
     MelDistance,
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
+    PhaseDerivativeLoss,
     codebook_perplexity,
     discriminator_hinge_loss,
     feature_matching_loss,
@@ -85,7 +86,8 @@ class CodecTrainSettings:
     # loss weights (the original: mel 45, commitment 1000, each GAN family 1)
     mel_weight: float = 45.0
     stft_weight: float = 15.0
-    commit_weight: float = 100.0
+    commit_weight: float = 5.0
+    phase_weight: float = 0.0  # phase-derivative loss at the head's STFT resolution (see losses.py)
     # codebook
     codebook_decay: float = 0.99
     kmeans_iters: int = 30
@@ -538,6 +540,7 @@ class CodecTrainer:
 
         self.mel_loss = MultiResolutionMelLoss(config.sample_rate)
         self.stft_loss = MultiResolutionSTFTLoss()
+        self.phase_loss = PhaseDerivativeLoss(config.n_fft, config.hop_length)
         self.mel_distance = MelDistance(config.sample_rate)
         self.cond = torch.tensor([0])
 
@@ -706,6 +709,10 @@ class CodecTrainer:
         mel = self.mel_loss(out.audio_hat, audio)
         stft = self.stft_loss(out.audio_hat, audio)
         loss = s.mel_weight * mel + s.stft_weight * stft
+        if s.phase_weight > 0:
+            phase = self.phase_loss(out.audio_hat, audio)
+            loss = loss + s.phase_weight * phase
+            logs["phase"] = float(phase.detach())
         if not s.freeze_encoder:
             loss = loss + s.commit_weight * out.commit
         if self.disc is not None:
