@@ -14,9 +14,7 @@ import os
 import signal
 
 from llmvox.cli.common import add_flag, add_voice_args
-
-DEFAULT_SYSTEM_PROMPT = ("You are a friendly voice assistant. Answer briefly, in plain spoken sentences, "
-                         "without abbreviations.")
+from llmvox.llm.select import DEFAULT_SYSTEM_PROMPT
 
 
 def _bool(text: str) -> bool:
