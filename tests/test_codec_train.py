@@ -310,3 +310,18 @@ def test_adversarial_steps_train_the_discriminators_and_resume(tiny_yaml, tiny_d
                            overrides={"max_steps": 3}, progress=False)
     for (name, a), b in zip(resumed.disc.state_dict().items(), trainer.disc.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_phase_derivative_loss_ignores_phase_offsets_but_not_frequency():
+    from llmvox.train.losses import PhaseDerivativeLoss
+
+    loss = PhaseDerivativeLoss()
+    t = torch.arange(RATE // 2) / RATE
+    tone = torch.sin(2 * torch.pi * 200 * t)[None]
+    shifted = torch.sin(2 * torch.pi * 200 * t + 1.3)[None]
+    detuned = torch.sin(2 * torch.pi * 223 * t)[None]
+    noise = 0.5 * torch.randn(1, RATE // 2, generator=torch.Generator().manual_seed(0))
+    assert float(loss(tone, tone)) < 1e-5
+    assert float(loss(shifted, tone)) < 0.1  # ~0.07: only the padded edges differ
+    assert float(loss(detuned, tone)) > 0.5
+    assert float(loss(noise, tone)) > 0.5

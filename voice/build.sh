@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build the embedded voice with llmvox's own pipeline, stage by stage; every stage resumes.
+#   voice/build.sh synth      teacher corpus (hibari-tts): generated sentences, then SmolLM2 answers
+#   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
+#   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
+#   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
+#   voice/build.sh decoder    train the LLMVoX decoder on the cached codes
+#   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
+#   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
+# Working state lives outside the repository in $VOICE_DIR (default /work/cache/voice).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VOICE_DIR=${VOICE_DIR:-/work/cache/voice}
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
+PY=.venv/bin/python
+DATA=$VOICE_DIR/data/data.json
+CODEC=$VOICE_DIR/codec
+DEC=$VOICE_DIR/decoder
+stage=${1:?stage: synth|codec|codec_b|tokenize|decoder|export|eval}
+shift || true
+case "$stage" in
+  synth)
+    exec $PY -m llmvox data synth --out_dir "$VOICE_DIR/data" --teacher hibari --seed 0 --threads "$THREADS" \
+      --num_sentences 18000 --num_prompts "${NUM_PROMPTS:-1300}" "$@" ;;
+  codec|codec_b)
+    extra=(); [ "$stage" = codec_b ] && extra=(--freeze_encoder)
+    if [ -f "$CODEC/state.pt" ]; then
+      exec $PY -m llmvox codec train --resume --data_path "$DATA" --out_dir "$CODEC" "${extra[@]}" "$@"
+    fi
+    exec $PY -m llmvox codec train --config llmvox/voices/configs/codec_small.yaml --data_path "$DATA" \
+      --out_dir "$CODEC" "${extra[@]}" "$@" ;;
+  tokenize)
+    exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
+      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;
+  decoder)
+    init=(--init_from=scratch); [ -f "$DEC/ckpt.pt" ] && init=(--init_from=resume)
+    exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" \
+      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
+      --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
+      --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=500 --max_iters="${MAX_ITERS:-40000}" \
+      --lr_decay_iters="${MAX_ITERS:-40000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
+      --eval_interval=1000 "${init[@]}" "$@" ;;
+  export)
+    exec $PY -m llmvox train --init_from=resume --out_dir "$DEC" --max_iters "${MAX_ITERS:-40000}" \
+      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
+      --export_bundle llmvox/voices/default --export_dtype bfloat16 "$@" ;;
+  eval)
+    exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --json voice/eval.json \
+      --teacher hibari --codec_resynthesis "$@" ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
