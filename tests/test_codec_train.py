@@ -12,6 +12,7 @@ import yaml
 
 from llmvox.codec.config import CodecConfig
 from llmvox.codec.wavtokenizer import CodebookQuantizer
+from llmvox.errors import LLMVoXError
 from llmvox.train.codec_trainer import (
     CKPT_FILE,
     CONFIG_FILE,
@@ -277,6 +278,26 @@ def test_milestone_export_loads_as_a_codec_bundle(tiny_yaml, tiny_dataset, tmp_p
     codec = _codec_from_bundle(folder, "cpu")
     torch.testing.assert_close(codec.codebook, trainer.model.quantizer.embed, rtol=2e-3, atol=2e-3)
     assert (tmp_path / "ms" / "milestones" / "step_0000003" / "codec.safetensors").is_file()
+
+
+def test_training_can_start_from_a_milestone_export(tiny_yaml, tiny_dataset, tmp_path):
+    """A committed milestone (inference weights only) lets a fresh machine continue the codec."""
+    trainer = _trainer(tiny_yaml, tiny_dataset, tmp_path / "first", max_steps=3, eval_every=3)
+    trainer.fit()
+    folder = tmp_path / "first" / "milestones" / "latest_phaseA"
+    again = CodecTrainer(CodecConfig.from_yaml(tiny_yaml), trainer.settings, tiny_dataset, tmp_path / "again",
+                         progress=False, init_weights=folder)
+    codes = torch.randint(0, again.model.codebook_size, (1, 12))
+    trainer.model.eval()
+    again.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.model.decode_codes(codes), trainer.model.decode_codes(codes),
+                                   rtol=2e-2, atol=2e-3)  # the milestone is stored in float16
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_yaml.read_text().replace("num_layers: 2", "num_layers: 3"))
+    with pytest.raises(LLMVoXError, match="other codec sizes"):
+        CodecTrainer(CodecConfig.from_yaml(other), trainer.settings, tiny_dataset, tmp_path / "x",
+                     progress=False, init_weights=folder)
 
 
 def test_cli_trains_resumes_and_refuses_to_overwrite(tiny_yaml, tiny_dataset, tmp_path, capsys):

@@ -28,8 +28,10 @@ case "$stage" in
     if [ -f "$CODEC/state.pt" ]; then
       exec $PY -m llmvox codec train --resume --data_path "$DATA" --out_dir "$CODEC" "${extra[@]}" "$@"
     fi
+    init=()  # a fresh machine: continue from the last committed milestone (weights only) when there is one
+    [ -f voice/milestones/codec/codec.safetensors ] && init=(--init_weights voice/milestones/codec)
     exec $PY -m llmvox codec train --config llmvox/voices/configs/codec_small.yaml --data_path "$DATA" \
-      --out_dir "$CODEC" "${extra[@]}" "$@" ;;
+      --out_dir "$CODEC" "${init[@]}" "${extra[@]}" "$@" ;;
   tokenize)
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out_dir")
+    add_flag(p, "init_weights", metavar="DIR", default=None,
+             help="start from a milestone export (codec.safetensors + config.json) instead of random weights")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true",
                    help="no progress bar")
     p.set_defaults(func=run_train)
@@ -92,7 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
         doc = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
         merged = {**settings_from_yaml(doc), **overrides}
         settings = CodecTrainSettings.from_dict(merged)
-        trainer = CodecTrainer(config, settings, args.data_path, args.out_dir, progress=not args.no_progress)
+        trainer = CodecTrainer(config, settings, args.data_path, args.out_dir, progress=not args.no_progress,
+                               init_weights=args.init_weights)
     s = trainer.settings
     print(f"codec train: step {trainer.step} -> {s.max_steps}, {len(trainer.data.clips)} training clips, "
           f"{len(trainer.eval_clips)} held out; batch {s.batch_size} x {s.segment_seconds:g} s; "

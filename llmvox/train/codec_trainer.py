@@ -498,7 +498,7 @@ class CodecTrainer:
     def __init__(self, config: CodecConfig, settings: CodecTrainSettings, data_path: str | os.PathLike,
                  out_dir: str | os.PathLike, *, resume: bool = False,
                  overrides: dict[str, Any] | None = None, progress: bool = True,
-                 clips: list[Clip] | None = None) -> None:
+                 clips: list[Clip] | None = None, init_weights: str | os.PathLike | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.data_path = str(data_path)
         self.progress = progress
@@ -557,7 +557,9 @@ class CodecTrainer:
         self.step = 0
         self.best_mel = math.inf
         self.last_milestone_mel = math.inf
-        if state is None:
+        if state is None and init_weights is not None:
+            self._load_weights(Path(init_weights))
+        elif state is None:
             self.codebook.mark_uninitialised()
             if settings.latent_init_std > 0:
                 self._scale_encoder_output(settings.latent_init_std)
@@ -565,6 +567,23 @@ class CodecTrainer:
             self._load_state(state)
             if phase_switch:
                 self._freeze_codes()
+
+    def _load_weights(self, folder: Path) -> None:
+        """Start from a milestone export (codec.safetensors + config.json): a committed milestone lets a
+        fresh machine continue where the optimiser state was lost."""
+        from safetensors.torch import load_file
+
+        config_file, weights = folder / "config.json", folder / "codec.safetensors"
+        if not config_file.is_file() or not weights.is_file():
+            raise LLMVoXError(f"--init_weights: {folder} needs config.json and codec.safetensors (a milestone export)")
+        saved = CodecConfig.from_dict(json.loads(config_file.read_text())["codec"])
+        if saved.to_dict() != self.config.to_dict():
+            raise LLMVoXError(f"--init_weights: {folder} was trained with other codec sizes than --config")
+        tensors = {k: v.float() for k, v in load_file(str(weights)).items()}
+        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise LLMVoXError(f"--init_weights: {folder} does not match the model "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
     def _freeze_codes(self) -> None:
         """Start of phase B: fix the encoder + codebook at export precision and export them.
