@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_GELU_C = math.sqrt(2.0 / math.pi)
-
 
 @dataclass
 class GPTConfig:
@@ -44,8 +42,8 @@ class GPTConfig:
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
-    """GPT-2's GELU (tanh approximation), written out as the original computes it."""
-    return 0.5 * x * (1.0 + torch.tanh(_GELU_C * (x + 0.044715 * torch.pow(x, 3.0))))
+    """GPT-2's GELU, the tanh approximation the original uses (one fused kernel, same formula)."""
+    return F.gelu(x, approximate="tanh")
 
 
 def project(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -139,9 +137,13 @@ class CausalSelfAttention(nn.Module):
         """One new token per stream: x (B, C); layer_k/v (B, nh, L, hd) cache views of this layer."""
         b, c = x.shape
         q, k, v = project(self.c_attn, x).view(b, 3, self.n_head, c // self.n_head).unbind(1)
-        rows = torch.arange(b, device=x.device)
-        layer_k[rows, :, positions] = k
-        layer_v[rows, :, positions] = v
+        if b == 1:  # one stream: a plain slice write, no index tensors
+            layer_k[:, :, length - 1] = k  # for one stream, length - 1 is its position
+            layer_v[:, :, length - 1] = v
+        else:
+            rows = torch.arange(b, device=x.device)
+            layer_k[rows, :, positions] = k
+            layer_v[rows, :, positions] = v
         y = F.scaled_dot_product_attention(
             q.unsqueeze(2), layer_k[:, :, :length], layer_v[:, :, :length], attn_mask=mask
         )
