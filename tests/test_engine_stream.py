@@ -292,3 +292,13 @@ def test_text_source_error_ends_the_stream(tts):
 
     with pytest.raises(LLMVoXError, match="the LLM broke"):
         list(tts.stream(deltas(), max_audio_length=MAX_CODES, num_workers=1))
+
+
+def test_text_source_llmvox_error_ends_the_stream_too(tts):
+    """An LLMVoXError from the text source (e.g. an LLM backend's own error) must not hang the consumer."""
+    def deltas():
+        yield "Hello world. "
+        raise LLMVoXError("the backend gave up")
+
+    with pytest.raises(LLMVoXError, match="the backend gave up"):
+        list(tts.stream(deltas(), max_audio_length=MAX_CODES, num_workers=1))

@@ -638,11 +638,9 @@ def stream_speech(tts: LLMVoX, text_deltas: Iterable[str], *, engine: SpeechEngi
                     return
                 stream.feed(delta)
             stream.end()
-        except LLMVoXError:
+        except BaseException as exc:  # the text source (or a bad delta) failed: end the audio with its error
             if not stream.cancelled:
-                raise
-        except BaseException as exc:  # the text source failed: end the audio with its error
-            stream.fail(exc)
+                stream.fail(exc)
 
     feeder = threading.Thread(target=produce, name="llmvox-text-feeder", daemon=True)
     feeder.start()
