@@ -262,6 +262,7 @@ def test_freeze_encoder_keeps_codes_fixed(tiny_yaml, tiny_dataset, tmp_path):
         assert torch.equal(exported.encode(audio), trained_on)
     fingerprint = json.loads((final / "config.json").read_text())["codes_fingerprint"]
     assert fingerprint == phase_b.codes_fingerprint()
+    assert json.loads((final / "config.json").read_text())["phase"] == "A"
 
 
 def test_milestone_export_loads_as_a_codec_bundle(tiny_yaml, tiny_dataset, tmp_path):

@@ -598,7 +598,7 @@ class CodecTrainer:
                     tensor.copy_(tensor.to(dtype).to(tensor.dtype))
         metrics = {"step": self.step}
         for name in ("phaseA_final", "latest_phaseA"):
-            path = self.export_milestone(name, metrics)
+            path = self.export_milestone(name, metrics, phase="A")
         log.info("phase B: encoder and codebook frozen; tokenise with %s (codes fingerprint %s)",
                  path.with_name("phaseA_final"), self.codes_fingerprint())
 
@@ -830,7 +830,7 @@ class CodecTrainer:
         save_lightning_checkpoint(self.model, tmp, doc)
         os.replace(tmp, self.out_dir / CKPT_FILE)
 
-    def export_milestone(self, name: str, metrics: dict[str, Any]) -> Path:
+    def export_milestone(self, name: str, metrics: dict[str, Any], phase: str | None = None) -> Path:
         """Inference-only copy (safetensors at `milestone_dtype`) + config.json, loadable as a codec bundle."""
         from safetensors.torch import save_file
 
@@ -848,7 +848,7 @@ class CodecTrainer:
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": "codec-only",
             "sample_rate": self.config.sample_rate, "codec": self.config.to_dict(),
             "storage_dtype": self.settings.milestone_dtype, "step": self.step,
-            "phase": "B" if self.settings.freeze_encoder else "A",
+            "phase": phase or ("B" if self.settings.freeze_encoder else "A"),
             "codes_fingerprint": self.codes_fingerprint(),
             "metrics": metrics, "training": self.settings.to_dict(),
         }
