@@ -83,8 +83,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = given_settings(args)
     if args.resume:
-        if args.config:
-            raise LLMVoXError("--resume takes the model sizes from the saved run; drop --config")
+        if args.config or args.init_weights:
+            raise LLMVoXError("--resume continues the saved run; drop --config / --init_weights")
         trainer = CodecTrainer(CodecConfig(), CodecTrainSettings(), args.data_path, args.out_dir,
                                resume=True, overrides=overrides, progress=not args.no_progress)
     else:

@@ -44,6 +44,7 @@ from llmvox.codec.config import CodecConfig
 from llmvox.codec.wavtokenizer import CodebookQuantizer, WavTokenizer
 from llmvox.errors import LLMVoXError
 from llmvox.train.losses import (
+    TRAIN_LOG_FLOOR,
     MelDistance,
     MultiResolutionMelLoss,
     MultiResolutionSTFTLoss,
@@ -87,6 +88,7 @@ class CodecTrainSettings:
     mel_weight: float = 45.0
     stft_weight: float = 15.0
     commit_weight: float = 5.0
+    log_floor: float = TRAIN_LOG_FLOOR  # magnitude clamp before the logs of the mel/STFT losses
     phase_weight: float = 0.0  # phase-derivative loss at the head's STFT resolution (see losses.py)
     # codebook
     codebook_decay: float = 0.99
@@ -344,6 +346,8 @@ class EmaCodebook:
             self.q.embed.add_(delta[None, :])
             self.q.embed_avg.add_(delta[None, :] * self._smoothed_counts()[:, None])
         self.center = mean.clone()
+        if self.anchor is None:  # e.g. weights loaded from an export: anchor where training resumes
+            self.anchor = mean.clone()
 
     @property
     def size(self) -> int:
@@ -538,10 +542,11 @@ class CodecTrainer:
         if settings.adversarial:
             self._build_discriminators()
 
-        self.mel_loss = MultiResolutionMelLoss(config.sample_rate)
-        self.stft_loss = MultiResolutionSTFTLoss()
+        self.mel_loss = MultiResolutionMelLoss(config.sample_rate, floor=settings.log_floor)
+        self.stft_loss = MultiResolutionSTFTLoss(floor=settings.log_floor)
         self.phase_loss = PhaseDerivativeLoss(config.n_fft, config.hop_length)
         self.mel_distance = MelDistance(config.sample_rate)
+        self.mel_distance_audible = MelDistance(config.sample_rate, floor=TRAIN_LOG_FLOOR)
         self.cond = torch.tensor([0])
 
         all_clips = clips if clips is not None else load_clips(data_path)
@@ -586,16 +591,13 @@ class CodecTrainer:
                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
     def _freeze_codes(self) -> None:
-        """Start of phase B: fix the encoder + codebook at export precision and export them.
+        """Start of phase B: export the encoder + codebook that tokenise the corpus from now on.
 
-        The weights are rounded to `milestone_dtype` first, so the codec that tokenises the corpus
-        (the `phaseA_final` export) and the one phase B keeps training compute identical codes.
+        Code assignment is fragile: rounding the encoder to float16 changes ~15% of the codes of
+        this codec (measured), so milestones keep the encoder and codebook in float32 (see
+        `export_milestone`) and the checkpoint written at the end of phase A, the `phaseA_final`
+        export and every phase-B export all produce the same codes.
         """
-        dtype = getattr(torch, self.settings.milestone_dtype)
-        with torch.no_grad():
-            for name, tensor in self.model.state_dict().items():
-                if name.startswith(("encoder.", "quantizer.")) and tensor.is_floating_point():
-                    tensor.copy_(tensor.to(dtype).to(tensor.dtype))
         metrics = {"step": self.step}
         for name in ("phaseA_final", "latest_phaseA"):
             path = self.export_milestone(name, metrics, phase="A")
@@ -631,8 +633,8 @@ class CodecTrainer:
             self.disc.load_state_dict(state["disc"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step = int(state["step"])
-        self.best_mel = float(state.get("best_mel", math.inf))
-        self.last_milestone_mel = float(state.get("last_milestone_mel", math.inf))
+        self.best_mel = float(state.get("best_audible_mel", math.inf))
+        self.last_milestone_mel = float(state.get("last_milestone_audible_mel", math.inf))
         torch.set_rng_state(state["torch_rng"])
         self.codebook.center = state.get("codebook_center")
         self.codebook.anchor = state.get("codebook_anchor")
@@ -778,7 +780,7 @@ class CodecTrainer:
         """Copy-synthesis of the held-out clips in inference mode (float32, like tokenisation)."""
         start = time.time()
         self.model.eval()
-        distances, counts = [], torch.zeros(self.codebook.size)
+        distances, audible, counts = [], [], torch.zeros(self.codebook.size)
         for clip in self.eval_clips:
             audio = torch.from_numpy(read_clip(clip, self.config.sample_rate, self.settings.eval_max_seconds))[None]
             if self.codebook.initialised:
@@ -788,6 +790,7 @@ class CodecTrainer:
                 features = self.model.encoder(audio[:, None])
             audio_hat = self.model.decode(features)[:, : audio.shape[1]]
             distances.append(float(self.mel_distance(audio_hat, audio)))
+            audible.append(float(self.mel_distance_audible(audio_hat, audio)))
         self.model.train()
         return EvalResult(
             step=self.step,
@@ -796,6 +799,7 @@ class CodecTrainer:
             codes_used=int((counts > 0).sum()),
             train_usage_perplexity=self.codebook.usage_perplexity(),
             seconds=time.time() - start,
+            extra={"mel_distance_audible": float(np.mean(audible)) if audible else float("nan")},
         )
 
     # --- saving ------------------------------------------------------------------------------
@@ -811,8 +815,8 @@ class CodecTrainer:
             "codec_config": self.config.to_dict(),
             "settings": self.settings.to_dict(),
             "eval_ids": [c.id for c in self.eval_clips],
-            "best_mel": self.best_mel,
-            "last_milestone_mel": self.last_milestone_mel,
+            "best_audible_mel": self.best_mel,
+            "last_milestone_audible_mel": self.last_milestone_mel,
             "torch_rng": torch.get_rng_state(),
             "codebook_center": self.codebook.center,
             "codebook_anchor": self.codebook.anchor,
@@ -831,7 +835,10 @@ class CodecTrainer:
         os.replace(tmp, self.out_dir / CKPT_FILE)
 
     def export_milestone(self, name: str, metrics: dict[str, Any], phase: str | None = None) -> Path:
-        """Inference-only copy (safetensors at `milestone_dtype`) + config.json, loadable as a codec bundle."""
+        """Inference-only copy + config.json, loadable as a codec bundle.
+
+        Backbone and head are stored at `milestone_dtype`; encoder and codebook in float32.
+        """
         from safetensors.torch import save_file
 
         from llmvox.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
@@ -841,13 +848,16 @@ class CodecTrainer:
         folder = self.out_dir / MILESTONES / name
         tmp = folder.with_name(f".{name}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+        # Encoder and codebook stay float32: they decide the codes, and rounding them moves codes.
+        tensors = {k: (v.to(dtype) if v.is_floating_point() and not k.startswith(("encoder.", "quantizer."))
+                       else v).contiguous()
                    for k, v in codec_state_for_bundle(self.model).items()}
         save_file(tensors, str(tmp / "codec.safetensors"))
         config = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": "codec-only",
             "sample_rate": self.config.sample_rate, "codec": self.config.to_dict(),
-            "storage_dtype": self.settings.milestone_dtype, "step": self.step,
+            "storage_dtype": f"{self.settings.milestone_dtype} (backbone, head); float32 (encoder, codebook)",
+            "step": self.step,
             "phase": phase or ("B" if self.settings.freeze_encoder else "A"),
             "codes_fingerprint": self.codes_fingerprint(),
             "metrics": metrics, "training": self.settings.to_dict(),
@@ -877,15 +887,17 @@ class CodecTrainer:
         record = asdict(result)
         record["phase"] = "B" if self.settings.freeze_encoder else "A"
         self._append(EVAL_LOG, record)
-        self.best_mel = min(self.best_mel, result.mel_distance)
-        improved = result.mel_distance <= self.last_milestone_mel * (1 - self.settings.milestone_improvement)
+        # Milestones follow the audible mel distance: the 1e-7-floor one is dominated by digital silence.
+        score = result.extra["mel_distance_audible"]
+        self.best_mel = min(self.best_mel, score)
+        improved = score <= self.last_milestone_mel * (1 - self.settings.milestone_improvement)
         if improved and self.codebook.initialised:
-            self.last_milestone_mel = result.mel_distance
+            self.last_milestone_mel = score
             metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
             path = self.export_milestone(f"step_{self.step:07d}", metrics)
             latest = "latest_phaseB" if self.settings.freeze_encoder else "latest_phaseA"
             self.export_milestone(latest, metrics)
-            log.info("milestone exported: %s (mel %.4f)", path, result.mel_distance)
+            log.info("milestone exported: %s (audible mel %.4f)", path, score)
 
     def fit(self, stop_at: int | None = None, on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Train until `max_steps` (or `stop_at`), saving every `save_every` steps and at the end."""
@@ -914,7 +926,8 @@ class CodecTrainer:
                 if self.step % s.eval_every == 0 and self.eval_clips:
                     result = self.evaluate()
                     self._after_eval(result)
-                    bar.write(f"eval step {result.step}: mel {result.mel_distance:.4f}  perplexity "
+                    bar.write(f"eval step {result.step}: mel {result.mel_distance:.4f} (audible "
+                              f"{result.extra['mel_distance_audible']:.4f})  perplexity "
                               f"{result.perplexity:.0f} ({result.codes_used} codes used)  train usage "
                               f"perplexity {result.train_usage_perplexity:.0f}")
                 if self.step % s.save_every == 0:
