@@ -54,6 +54,7 @@ from llmvox.train.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
+from llmvox.train.semantic import SemanticStore
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class CodecTrainSettings:
     commit_weight: float = 5.0
     log_floor: float = TRAIN_LOG_FLOOR  # magnitude clamp before the logs of the mel/STFT losses
     phase_weight: float = 0.0  # phase-derivative loss at the head's STFT resolution (see losses.py)
+    # semantic distillation (see semantic.py): codes also predict Whisper encoder features
+    semantic_weight: float = 0.0
+    semantic_dir: str | None = None
     # codebook
     codebook_decay: float = 0.99
     kmeans_iters: int = 30
@@ -239,14 +243,20 @@ class CropDataset:
 
     def batch(self, step: int, batch_size: int, stream: int = 0) -> Tensor:
         """The crops of `step`; other `stream`s give independent batches (e.g. for k-means)."""
+        return self.batch_with_crops(step, batch_size, stream)[0]
+
+    def batch_with_crops(self, step: int, batch_size: int, stream: int = 0) -> tuple[Tensor, list[tuple[str, float]]]:
+        """`batch` plus the (clip id, start in seconds) of every crop."""
         rng = np.random.default_rng([self.seed, stream, step])
         out = np.zeros((batch_size, self.segment), dtype=np.float32)
+        crops = []
         for row, index in enumerate(rng.integers(0, len(self.clips), batch_size)):
             clip = self.clips[int(index)]
             need = int(math.ceil(self.segment * clip.rate / self.sample_rate))
             start = int(rng.integers(0, max(clip.frames - need, 0) + 1))
             out[row] = _read_segment(clip, start, need, self.sample_rate)[: self.segment]
-        return torch.from_numpy(out)
+            crops.append((clip.id, start / clip.rate))
+        return torch.from_numpy(out), crops
 
 
 def _read_segment(clip: Clip, start: int, frames: int, target_rate: int) -> np.ndarray:
@@ -447,6 +457,7 @@ def _autocast(enabled: bool):
 class StepOutput:
     audio_hat: Tensor
     latents: Tensor  # (B, D, T) float32, encoder output
+    features: Tensor  # (B, D, T) what the backbone saw (quantised, straight-through gradient)
     codes: Tensor | None  # (B, T) or None while quantisation is skipped
     commit: Tensor
 
@@ -535,8 +546,17 @@ class CodecTrainer:
         self.model = WavTokenizer(config).unfold_weight_norm_()
         self.last_reseeded = 0
         self.codebook = EmaCodebook(self.model.quantizer, settings.codebook_decay, settings.dead_code_fraction)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, settings.weight_decay),
-                                           lr=settings.learning_rate, betas=settings.betas)
+        self.semantic: SemanticStore | None = None
+        self.semantic_head: nn.Conv1d | None = None
+        groups = _param_groups(self.model, settings.weight_decay)
+        if settings.semantic_weight > 0:
+            if not settings.semantic_dir:
+                raise LLMVoXError("--semantic_weight needs --semantic_dir (build it with `llmvox codec semantic`)")
+            self.semantic = SemanticStore(settings.semantic_dir)
+            # Throw-away probe: predicts the Whisper features from the codes; never exported.
+            self.semantic_head = nn.Conv1d(config.encoder_dimension, self.semantic.dim, 1)
+            groups.append({"params": list(self.semantic_head.parameters()), "weight_decay": 0.0, "name": "semantic"})
+        self.optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=settings.betas)
         self.disc: nn.Module | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
         if settings.adversarial:
@@ -558,6 +578,11 @@ class CodecTrainer:
         hop = config.hop_length
         segment = max(int(round(settings.segment_seconds * config.sample_rate / hop)), 1) * hop
         self.data = CropDataset(train, config.sample_rate, segment, settings.seed)
+        if self.semantic is not None:
+            missing = [c.id for c in train if c.id not in self.semantic]
+            if missing:
+                raise LLMVoXError(f"{settings.semantic_dir} lacks Whisper features for {len(missing)} training clips "
+                                  f"(e.g. {missing[:3]}); run `llmvox codec semantic` on this dataset")
 
         self.step = 0
         self.best_mel = math.inf
@@ -626,6 +651,11 @@ class CodecTrainer:
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)
+        if (self.semantic_head is not None) != (state.get("semantic_head") is not None):
+            raise LLMVoXError("semantic distillation can only be switched on or off at the start of a run: "
+                              "start a new --out_dir with --init_weights from a milestone")
+        if self.semantic_head is not None:
+            self.semantic_head.load_state_dict(state["semantic_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # settings may have changed on resume
             group["betas"] = self.settings.betas
@@ -665,7 +695,7 @@ class CodecTrainer:
         with _autocast(s.bf16):
             hidden = self.model.backbone(features, self.cond)
         audio_hat = self.model.head(hidden.float())[:, : audio.shape[1]]
-        return StepOutput(audio_hat, latents, codes, commit)
+        return StepOutput(audio_hat, latents, features, codes, commit)
 
     @torch.no_grad()
     def _scale_encoder_output(self, target: float) -> None:
@@ -710,7 +740,7 @@ class CodecTrainer:
         lr = s.learning_rate * lr_factor(self.step, s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * (s.encoder_lr_scale if group["name"].startswith("enc") else 1.0)
-        audio = self.data.batch(self.step, s.batch_size)
+        audio, crops = self.data.batch_with_crops(self.step, s.batch_size)
         out = self.forward(audio, update_codebook=True)
         logs: dict[str, float] = {}
 
@@ -736,6 +766,10 @@ class CodecTrainer:
             logs["phase"] = float(phase.detach())
         if not s.freeze_encoder:
             loss = loss + s.commit_weight * out.commit
+            if self.semantic_head is not None:
+                semantic = self.semantic_loss(out.features, crops)
+                loss = loss + s.semantic_weight * semantic
+                logs["semantic"] = float(semantic.detach())
         if self.disc is not None:
             with torch.no_grad():
                 _, real_maps = self.disc(audio)
@@ -756,6 +790,19 @@ class CodecTrainer:
             logs["batch_perplexity"] = codebook_perplexity(torch.bincount(out.codes.reshape(-1),
                                                                           minlength=self.codebook.size))
         return logs
+
+    def semantic_loss(self, features: Tensor, crops: list[tuple[str, float]]) -> Tensor:
+        """Mean cosine distance between the probe's prediction from `features` (B, D, T) and the
+        Whisper features of the same crops, over frames inside their clips."""
+        frames = features.shape[-1]
+        rate = self.config.sample_rate / self.config.hop_length
+        target = torch.from_numpy(np.stack([self.semantic.window(clip_id, start, frames, rate)
+                                            for clip_id, start in crops]))
+        predicted = self.semantic_head(features).transpose(1, 2)
+        inside = target.abs().sum(dim=-1) > 0
+        if not bool(inside.any()):
+            return predicted.new_zeros(())
+        return (1 - F.cosine_similarity(predicted, target, dim=-1))[inside].mean()
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -780,7 +827,7 @@ class CodecTrainer:
         """Copy-synthesis of the held-out clips in inference mode (float32, like tokenisation)."""
         start = time.time()
         self.model.eval()
-        distances, audible, counts = [], [], torch.zeros(self.codebook.size)
+        distances, audible, semantic, counts = [], [], [], torch.zeros(self.codebook.size)
         for clip in self.eval_clips:
             audio = torch.from_numpy(read_clip(clip, self.config.sample_rate, self.settings.eval_max_seconds))[None]
             if self.codebook.initialised:
@@ -791,7 +838,12 @@ class CodecTrainer:
             audio_hat = self.model.decode(features)[:, : audio.shape[1]]
             distances.append(float(self.mel_distance(audio_hat, audio)))
             audible.append(float(self.mel_distance_audible(audio_hat, audio)))
+            if self.semantic_head is not None:
+                semantic.append(float(self.semantic_loss(features, [(clip.id, 0.0)])))
         self.model.train()
+        extra = {"mel_distance_audible": float(np.mean(audible)) if audible else float("nan")}
+        if semantic:
+            extra["semantic_distance"] = float(np.mean(semantic))
         return EvalResult(
             step=self.step,
             mel_distance=float(np.mean(distances)) if distances else float("nan"),
@@ -799,7 +851,7 @@ class CodecTrainer:
             codes_used=int((counts > 0).sum()),
             train_usage_perplexity=self.codebook.usage_perplexity(),
             seconds=time.time() - start,
-            extra={"mel_distance_audible": float(np.mean(audible)) if audible else float("nan")},
+            extra=extra,
         )
 
     # --- saving ------------------------------------------------------------------------------
@@ -820,6 +872,7 @@ class CodecTrainer:
             "torch_rng": torch.get_rng_state(),
             "codebook_center": self.codebook.center,
             "codebook_anchor": self.codebook.anchor,
+            "semantic_head": self.semantic_head.state_dict() if self.semantic_head is not None else None,
         }
 
     def save(self) -> None:
