@@ -135,3 +135,19 @@ def test_has_speech_and_language_codes():
     assert language_code("English") == "en" and language_code("de") == "de" and language_code("auto") is None
     with pytest.raises(LLMVoXError, match="unknown ASR language"):
         language_code("klingon")
+
+
+@pytest.mark.slow
+def test_eval_of_a_codec_alone(tiny_bundle, tmp_path):
+    """`--codec DIR` scores a codec folder (milestone or bundle) on the teacher's audio, without a voice."""
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("hibari")
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("Please turn off the lights before you leave the room.\n")
+    out = tmp_path / "codec.json"
+    assert main(["eval", "--sentences", str(sentences), "--json", str(out), "--codec", str(tiny_bundle),
+                 "--no_progress", "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["systems"]) == {"teacher", "codec"} and "wer" not in result
+    assert result["teacher_wer"] <= 0.1 and result["codec_wer"] >= 0.8  # a random codec says nothing
+    assert result["codec"] == str(tiny_bundle) and result["voice"] is None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the embedded voice with llmvox's own pipeline, stage by stage; every stage resumes.
 #   voice/build.sh synth      teacher corpus (hibari-tts): generated sentences, then SmolLM2 answers
+#   voice/build.sh semantic   Whisper-base encoder features of the corpus (targets of the codec's semantic loss)
 #   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
@@ -15,14 +16,17 @@ THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
 PY=.venv/bin/python
 DATA=$VOICE_DIR/data/data.json
-CODEC=$VOICE_DIR/codec
-DEC=$VOICE_DIR/decoder
-stage=${1:?stage: synth|codec|codec_b|tokenize|decoder|export|eval}
+CODEC=${CODEC:-$VOICE_DIR/codec_sem}
+DEC=${DEC:-$VOICE_DIR/decoder}
+SEMANTIC=$VOICE_DIR/semantic
+stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|export|eval}
 shift || true
 case "$stage" in
   synth)
     exec $PY -m llmvox data synth --out_dir "$VOICE_DIR/data" --teacher hibari --seed 0 --threads "$THREADS" \
       --num_sentences 18000 --num_prompts "${NUM_PROMPTS:-1300}" "$@" ;;
+  semantic)
+    exec $PY -m llmvox codec semantic --data_path "$DATA" --out_dir "$SEMANTIC" --threads "$THREADS" "$@" ;;
   codec|codec_b)
     extra=(); [ "$stage" = codec_b ] && extra=(--freeze_encoder)
     if [ -f "$CODEC/state.pt" ]; then
@@ -31,7 +35,7 @@ case "$stage" in
     init=()  # a fresh machine: continue from the last committed milestone (weights only) when there is one
     [ -f voice/milestones/codec/codec.safetensors ] && init=(--init_weights voice/milestones/codec)
     exec $PY -m llmvox codec train --config llmvox/voices/configs/codec_small.yaml --data_path "$DATA" \
-      --out_dir "$CODEC" "${init[@]}" "${extra[@]}" "$@" ;;
+      --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 20 "${init[@]}" "${extra[@]}" "$@" ;;
   tokenize)
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;

