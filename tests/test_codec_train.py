@@ -366,3 +366,11 @@ def test_init_weights_from_a_milestone_keeps_its_codes(tiny_yaml, tiny_dataset, 
     trainer.model.eval()
     with torch.no_grad():
         assert torch.equal(continued.encode(audio), trainer.model.encode(audio))
+
+
+def test_export_every_writes_milestones_whatever_the_eval_says(tiny_yaml, tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_yaml, tiny_dataset, tmp_path / "ex", max_steps=4, export_every=2)
+    trainer.fit()
+    folders = sorted(p.name for p in (tmp_path / "ex" / "milestones").iterdir())
+    assert folders == ["step_0000002", "step_0000004"]
+    assert json.loads((tmp_path / "ex" / "milestones" / "step_0000004" / "config.json").read_text())["step"] == 4

@@ -29,6 +29,7 @@ _SETTING_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("semantic_weight", float, "weight of the semantic distillation loss (default 0: off; needs --semantic_dir)"),
     ("semantic_dir", str, "Whisper feature store from `llmvox codec semantic` (targets of the semantic loss)"),
     ("eval_every", int, "evaluate on held-out clips every N steps (default 500)"),
+    ("export_every", int, "also export an inference milestone every N steps (default 0: only on improvement)"),
     ("save_every", int, "write the full training state every N steps (default 200)"),
     ("log_every", int, "append a train.jsonl record every N steps (default 20)"),
     ("eval_clips", int, "corpus clips held out for evaluation (default 8; fixed at the first run)"),

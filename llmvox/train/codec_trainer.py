@@ -124,6 +124,7 @@ class CodecTrainSettings:
     eval_max_seconds: float = 6.0
     milestone_improvement: float = 0.03  # relative eval mel improvement that triggers an export
     milestone_dtype: str = "float16"
+    export_every: int = 0  # also export a milestone every N steps whatever the eval says (0: off)
 
     def validate(self) -> None:
         checks = {
@@ -983,6 +984,9 @@ class CodecTrainer:
                               f"{result.extra['mel_distance_audible']:.4f})  perplexity "
                               f"{result.perplexity:.0f} ({result.codes_used} codes used)  train usage "
                               f"perplexity {result.train_usage_perplexity:.0f}")
+                if s.export_every and self.step % s.export_every == 0:
+                    # unconditional exports: intelligibility (WER by step) is measured on these
+                    self.export_milestone(f"step_{self.step:07d}", {"step": self.step})
                 if self.step % s.save_every == 0:
                     self.save()
         finally:
