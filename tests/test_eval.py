@@ -151,3 +151,21 @@ def test_eval_of_a_codec_alone(tiny_bundle, tmp_path):
     assert set(result["systems"]) == {"teacher", "codec"} and "wer" not in result
     assert result["teacher_wer"] <= 0.1 and result["codec_wer"] >= 0.8  # a random codec says nothing
     assert result["codec"] == str(tiny_bundle) and result["voice"] is None
+
+
+def test_spectrogram_figure_draws_each_wav(tmp_path):
+    import soundfile as sf
+    from PIL import Image
+
+    from llmvox.bench.spectrogram import spectrogram_figure
+
+    t = np.arange(24000) / 24000
+    sf.write(str(tmp_path / "a.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 24000)
+    sf.write(str(tmp_path / "b.wav"), (0.1 * np.random.default_rng(0).standard_normal(12000)).astype(np.float32), 16000)
+    out = spectrogram_figure({"tone": tmp_path / "a.wav", "noise": tmp_path / "b.wav"}, tmp_path / "fig.png", "t")
+    image = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
+    assert image.shape == (480, 1000)
+    top, bottom = image[40:200], image[260:420]  # the two panels differ: a tone line vs broadband noise
+    assert float(np.abs(top.mean(axis=1)[:, None] - bottom.mean(axis=1)[:, None]).mean()) > 5
+    with pytest.raises(LLMVoXError, match="cannot read"):
+        spectrogram_figure({"x": tmp_path / "missing.wav"}, tmp_path / "x.png")
