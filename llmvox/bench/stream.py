@@ -207,24 +207,34 @@ def run_stream_bench(*, concurrency: tuple[int, ...] = (1, 4, 16), sentences: in
         result["url"] = url
         if warmup:
             asyncio.run(_level(url, 1, SENTENCES[0], headers))
-        levels = []
-        for n in concurrency:
-            load = os.getloadavg()[0]
-            runs = asyncio.run(_level(url, n, text, headers))
-            summary = _summary(n, runs)
-            summary["load_average_1min"] = load
-            levels.append(summary)
-            log(f"{n:>3} streams: first audio {summary['ttfa_p50_s'] * 1000:.0f} ms (p50), "
-                f"{summary['ttfa_max_s'] * 1000:.0f} ms (max); real-time factor {summary['rtf_mean']:.2f} "
-                f"(worst {summary['rtf_max']:.2f}); stalls up to {summary['stall_seconds_max']:.2f} s; "
-                f"{summary['throughput_audio_s_per_s']:.1f} s of audio per s; load {load:.1f}")
-        result["levels"] = levels
-        result["load_average_after"] = list(os.getloadavg())
+        def describe(n: int, summary: dict[str, Any]) -> str:
+            return (f"{n:>3} streams: first audio {summary['ttfa_p50_s'] * 1000:.0f} ms (p50), "
+                    f"{summary['ttfa_max_s'] * 1000:.0f} ms (max); real-time factor {summary['rtf_mean']:.2f} "
+                    f"(worst {summary['rtf_max']:.2f}); stalls up to {summary['stall_seconds_max']:.2f} s; "
+                    f"{summary['throughput_audio_s_per_s']:.1f} s of audio per s")
+
+        _measure_levels(result, concurrency, lambda n: _summary(n, asyncio.run(_level(url, n, text, headers))),
+                        describe, log)
     finally:
         if server is not None:
             server.stop()
         tmp.cleanup()
     return result
+
+
+def _measure_levels(result: dict[str, Any], concurrency: tuple[int, ...],
+                    measure: Callable[[int], dict[str, Any]], describe: Callable[[int, dict[str, Any]], str],
+                    log: Callable[[str], None]) -> None:
+    """Run `measure` at every concurrency level, noting the machine's load before each; fills `result`."""
+    levels = []
+    for n in concurrency:
+        load = os.getloadavg()[0]
+        summary = measure(n)
+        summary["load_average_1min"] = load
+        levels.append(summary)
+        log(f"{describe(n, summary)}; load {load:.1f}")
+    result["levels"] = levels
+    result["load_average_after"] = list(os.getloadavg())
 
 
 def _voice_args(bundle: str | None, voice_args: list[str] | None, tmp: Path, result: dict[str, Any],
@@ -458,19 +468,16 @@ def run_chat_bench(*, chat_type: str = "text", llm: str | None = None, concurren
         result["url"] = url
         if warmup:  # loads the LLM's and Whisper's caches and the codec's first-call paths
             asyncio.run(_chat_level(url, 1, 1, chat_type, spoken, headers))
-        levels = []
-        for n in concurrency:
-            load = os.getloadavg()[0]
-            summary = _chat_summary(n, asyncio.run(_chat_level(url, n, turns, chat_type, spoken, headers)))
-            summary["load_average_1min"] = load
-            levels.append(summary)
+        def describe(n: int, summary: dict[str, Any]) -> str:
             ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
-            log(f"{n:>3} clients x {turns} turns: first audio {ms(summary['ttfa_s_median'])} ms (median), "
-                f"ASR {ms(summary['asr_s_median'])} ms, LLM first token {ms(summary['llm_first_token_s_median'])} ms, "
-                f"total {summary['total_s_median']:.2f} s for {summary['audio_seconds_median']:.2f} s of audio; "
-                f"load {load:.1f}")
-        result["levels"] = levels
-        result["load_average_after"] = list(os.getloadavg())
+            return (f"{n:>3} clients x {turns} turns: first audio {ms(summary['ttfa_s_median'])} ms (median), "
+                    f"ASR {ms(summary['asr_s_median'])} ms, LLM first token "
+                    f"{ms(summary['llm_first_token_s_median'])} ms, total {summary['total_s_median']:.2f} s for "
+                    f"{summary['audio_seconds_median']:.2f} s of audio")
+
+        _measure_levels(result, concurrency,
+                        lambda n: _chat_summary(n, asyncio.run(_chat_level(url, n, turns, chat_type, spoken, headers))),
+                        describe, log)
     finally:
         if server is not None:
             server.stop()

@@ -35,7 +35,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -257,21 +257,7 @@ def chat_router(state: ChatState) -> APIRouter:
         except BaseException:
             _release(state)
             raise
-        closed = False
-
-        def close() -> None:
-            """Runs once however the response ends: stop the LLM and the voice, free the slot."""
-            nonlocal closed
-            if closed:
-                return
-            closed = True
-            if not turn.done:
-                turn.cancel()
-                if state.metrics is not None:
-                    state.metrics.disconnects.labels(endpoint).inc()
-                log.info("%s: answer cut short (client gone or stream ended early); LLM stopped", endpoint)
-            answer.cancel()
-            _release(state)
+        close = _closer(state, endpoint, turn, answer, release=True)
 
         async def audio():
             first = True
@@ -383,19 +369,7 @@ def chat_router(state: ChatState) -> APIRouter:
             answer = state.speak(text_tee(), turn.id)
         threading.Thread(target=pump, name=f"chat-completion-{turn.id}", daemon=True).start()
         pending = {"text_end", "audio_end"} if want_audio else {"text_end"}
-        closed = False
-
-        def close() -> None:
-            nonlocal closed
-            if closed:
-                return
-            closed = True
-            if not turn.done:
-                turn.cancel()
-            if answer is not None:
-                answer.cancel()
-            if holds_slot:
-                _release(state)
+        close = _closer(state, endpoint, turn, answer, release=holds_slot)
 
         async def events_in_order():
             """(kind, payload) until the text and the audio have both ended."""
@@ -495,6 +469,28 @@ def _wav_b64(samples: np.ndarray, rate: int = 24000) -> str:
     buffer = io.BytesIO()
     sf.write(buffer, np.asarray(samples, dtype=np.float32), rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _closer(state: ChatState, endpoint: str, turn: Any, answer: Any | None, *, release: bool) -> Callable[[], None]:
+    """A close() that acts once however a response ends: stop the LLM turn and the voice, free the slot."""
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        if not turn.done:
+            turn.cancel()
+            if state.metrics is not None:
+                state.metrics.disconnects.labels(endpoint).inc()
+            log.info("%s: answer cut short (client gone or stream ended early); LLM stopped", endpoint)
+        if answer is not None:
+            answer.cancel()
+        if release:
+            _release(state)
+
+    return close
 
 
 def _release(state: ChatState) -> None:
