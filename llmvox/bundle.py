@@ -107,6 +107,8 @@ def save_bundle(
     decoder_state[TEXT_TABLE_KEY] = text_table.detach().to(dtype).cpu().contiguous()
     save_file(decoder_state, str(folder / "decoder.safetensors"))
     save_file(stored(codec_state_for_bundle(codec)), str(folder / "codec.safetensors"))
+    for name in ("decoder.safetensors", "codec.safetensors"):  # safetensors writes 0600; a bundle is shared
+        (folder / name).chmod(0o644)
     config = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,

@@ -387,3 +387,17 @@ def test_save_audio_formats(tmp_path):
     assert rate == 24000 and np.array_equal(data, samples)
     with pytest.raises(LLMVoXError, match="extension"):
         save_audio(tmp_path / "a.xyz", samples, 24000)
+
+
+@pytest.mark.parametrize("length,left,right", [(50, 3, 3), (50, 0, 5), (50, 4, 0), (3, 6, 6), (1, 2, 2), (7, 6, 1)])
+def test_reflect_pad_matches_torch_reflect(length, left, right):
+    """The fast mirrored-slice padding equals F.pad(mode='reflect') (with zeros first when too short)."""
+    import torch.nn.functional as F
+
+    from llmvox.codec.wavtokenizer import _reflect_pad
+
+    x = torch.randn(2, 3, length)
+    extra = max(left, right) - length + 1 if length <= max(left, right) else 0
+    want = F.pad(F.pad(x, (0, extra)), (left, right), mode="reflect")
+    want = want[..., : want.shape[-1] - extra] if extra else want
+    assert torch.equal(_reflect_pad(x, left, right), want)
