@@ -26,6 +26,7 @@ _SETTING_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("stft_weight", float, "multi-resolution STFT loss weight (default 15)"),
     ("commit_weight", float, "commitment loss weight (default 5)"),
     ("phase_weight", float, "phase-derivative loss weight at the head resolution (default 0: off)"),
+    ("vq_warmup_steps", int, "steps without quantisation before the k-means codebook init (default 0)"),
     ("semantic_weight", float, "weight of the semantic distillation loss (default 0: off; needs --semantic_dir)"),
     ("semantic_dir", str, "Whisper feature store from `llmvox codec semantic` (targets of the semantic loss)"),
     ("eval_every", int, "evaluate on held-out clips every N steps (default 500)"),
