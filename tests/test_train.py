@@ -346,6 +346,9 @@ def test_tiny_decoder_overfits_and_its_bundle_speaks_the_training_codes(world, t
     assert n >= len(target) - 2
     assert np.mean(spoken[:n] == target[:n]) > 0.9
     assert sf.info(wav).frames > 0
+    # a runaway sentence stops inside the positions the decoder was trained on
+    block = ckpt["model_args"]["block_size"]
+    assert json.loads((bundle / "config.json").read_text())["generation"]["max_audio_length"] == block - 24
 
 
 def test_checkpoint_with_t5_table_loads_in_synthesize_by_original_paths(world, tmp_path):

@@ -372,7 +372,9 @@ def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: 
     gpt = GPT(config)
     load_state_strict(gpt, strip_compiled_prefix(ckpt["model"]), str(ckpt_path))
     SpeechDecoder(gpt, table, codec.codebook)  # checks that the sizes fit together
+    # a decoder that misses its end-of-audio stops inside the positions it was trained on
     extra = {"name": name or Path(out_dir).name,
+             "generation": {"max_audio_length": max(config.block_size - 24, 1)},
              "training": {"iter_num": int(ckpt.get("iter_num", 0)), "codec_fingerprint": expected}}
     return save_bundle(out_dir, gpt, table, codec, dtype=dtype, extra_config=extra)
 
