@@ -374,3 +374,27 @@ def test_export_every_writes_milestones_whatever_the_eval_says(tiny_yaml, tiny_d
     folders = sorted(p.name for p in (tmp_path / "ex" / "milestones").iterdir())
     assert folders == ["step_0000002", "step_0000004"]
     assert json.loads((tmp_path / "ex" / "milestones" / "step_0000004" / "config.json").read_text())["step"] == 4
+
+
+def test_vq_warmup_rescales_grown_latents_before_kmeans(tiny_yaml, tiny_dataset, tmp_path):
+    """After an unquantised warm-up the latents are rescaled exactly (the decoder's output is unchanged)
+    and the codebook is k-means initialised on the rescaled latents: no commitment blow-up."""
+    trainer = _trainer(tiny_yaml, tiny_dataset, tmp_path / "w", vq_warmup_steps=2, max_steps=4)
+    trainer.fit(stop_at=2)
+    assert not trainer.codebook.initialised
+    with torch.no_grad():  # let the latents "grow" as in a long warm-up
+        last = trainer.model.encoder.model[-1].conv
+        last.weight_g.mul_(500.0)
+        last.bias.mul_(500.0)
+    audio = trainer.data.batch(123, 2, stream=5)
+    trainer.model.eval()
+    with torch.no_grad():
+        before = trainer.model.decode(trainer.model.encoder(audio[:, None]))
+        trainer._match_latent_scale(1.0)
+        latents = trainer.model.encoder(audio[:, None])
+        after = trainer.model.decode(latents)
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-4)
+    assert 0.25 < float(latents.std(dim=2).mean()) < 4.0
+    trainer.model.train()
+    logs = trainer.train_step()  # step 3: k-means happens here
+    assert trainer.codebook.initialised and logs["commit"] < 10.0

@@ -40,6 +40,7 @@ _SETTING_FLAGS: tuple[tuple[str, Any, str], ...] = (
 _BOOL_FLAGS: tuple[tuple[str, str], ...] = (
     ("adversarial", "add the multi-period + multi-resolution discriminators (GAN fine-tuning)"),
     ("freeze_encoder", "freeze encoder and codebook (phase B: codes stop changing; backbone/head train)"),
+    ("reinit_codebook", "with --init_weights: start with a fresh k-means codebook (after a VQ warm-up)"),
     ("bf16", "bf16 autocast for encoder/backbone/discriminators (default on)"),
 )
 

@@ -125,6 +125,7 @@ class CodecTrainSettings:
     milestone_improvement: float = 0.03  # relative eval mel improvement that triggers an export
     milestone_dtype: str = "float16"
     export_every: int = 0  # also export a milestone every N steps whatever the eval says (0: off)
+    reinit_codebook: bool = False  # with init_weights: k-means a fresh codebook (e.g. after a VQ warm-up)
 
     def validate(self) -> None:
         checks = {
@@ -590,6 +591,8 @@ class CodecTrainer:
         self.last_milestone_mel = math.inf
         if state is None and init_weights is not None:
             self._load_weights(Path(init_weights))
+            if settings.reinit_codebook:
+                self.codebook.mark_uninitialised()
         elif state is None:
             self.codebook.mark_uninitialised()
             if settings.latent_init_std > 0:
@@ -675,6 +678,9 @@ class CodecTrainer:
     def forward(self, audio: Tensor, *, update_codebook: bool) -> StepOutput:
         s = self.settings
         frozen = s.freeze_encoder
+        quantise = frozen or self.step >= s.vq_warmup_steps
+        if quantise and not self.codebook.initialised:
+            self._kmeans_init()  # before the encoder runs: it may rescale the encoder (see _match_latent_scale)
         # A frozen encoder runs in float32, exactly as tokenisation will run it, so the backbone
         # learns to decode the very codes the exported codec produces.
         with _autocast(s.bf16 and s.encoder_bf16 and not frozen), \
@@ -683,8 +689,6 @@ class CodecTrainer:
         if self.step < s.vq_warmup_steps and not frozen:
             features, codes, commit = latents, None, latents.new_zeros(())
         else:
-            if not self.codebook.initialised:
-                self._kmeans_init()
             if update_codebook and not frozen and s.track_latent_mean:
                 self.codebook.recenter(latents.detach().mean(dim=(0, 2)))
             features, codes, commit = quantize_for_training(self.model, latents)
@@ -718,9 +722,36 @@ class CodecTrainer:
             log.info("encoder output scaled by %.1f (latent spread %.2e -> %.2f)", factor, spread, target)
 
     @torch.no_grad()
+    def _match_latent_scale(self, target: float) -> None:
+        """Bring the latents' spread back to `target` before quantisation starts, without changing the
+        decoder's output: the encoder's last conv is divided by f, the backbone's input conv (and the
+        semantic probe) multiplied by f, and their optimiser moments reset.
+
+        Unquantised (VQ warm-up) latents grow freely, ~10^4-fold in 1,000 steps (measured); at that
+        scale the first commitment losses are ~10^4 and the codebook collapses to 1-4 codes."""
+        audio = self.data.batch(self.step, self.settings.batch_size, stream=3)
+        spread = float(self.model.encoder(audio[:, None]).std(dim=2).mean())
+        if not (spread > 4 * target or 0 < spread < target / 4):
+            return
+        f = spread / target
+        last = self.model.encoder.model[-1].conv
+        changed = [last.weight_g, last.bias, self.model.backbone.embed.weight]
+        last.weight_g.div_(f)
+        last.bias.div_(f)
+        self.model.backbone.embed.weight.mul_(f)
+        if self.semantic_head is not None:
+            self.semantic_head.weight.mul_(f)
+            changed.append(self.semantic_head.weight)
+        for param in changed:
+            self.optimizer.state.pop(param, None)
+        log.info("latents rescaled by 1/%.1f before quantisation (spread %.3g -> %.3g)", f, spread, target)
+
+    @torch.no_grad()
     def _kmeans_init(self) -> None:
         """k-means over the encoder outputs of a few training batches (deterministic in the step)."""
         s = self.settings
+        if s.latent_init_std > 0:
+            self._match_latent_scale(s.latent_init_std)
         pool = []
         for i in range(s.kmeans_init_batches):
             audio = self.data.batch(self.step * 1000 + i, s.batch_size, stream=1)
