@@ -32,10 +32,14 @@ case "$stage" in
     if [ -f "$CODEC/state.pt" ]; then
       exec $PY -m llmvox codec train --resume --data_path "$DATA" --out_dir "$CODEC" "${extra[@]}" "$@"
     fi
-    init=()  # a fresh machine: continue from the last committed milestone (weights only) when there is one
+    # A fresh machine continues from the last committed milestone (weights only); from scratch, the
+    # first 1,000 steps run unquantised so the encoder learns the Whisper-feature (semantic) targets
+    # before k-means fixes the codebook.
+    init=(--vq_warmup_steps 1000)
     [ -f voice/milestones/codec/codec.safetensors ] && init=(--init_weights voice/milestones/codec)
     exec $PY -m llmvox codec train --config llmvox/voices/configs/codec_small.yaml --data_path "$DATA" \
-      --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 20 "${init[@]}" "${extra[@]}" "$@" ;;
+      --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 45 --export_every 500 \
+      "${init[@]}" "${extra[@]}" "$@" ;;
   tokenize)
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;
