@@ -938,6 +938,7 @@ class CodecTrainer:
                        else v).contiguous()
                    for k, v in codec_state_for_bundle(self.model).items()}
         save_file(tensors, str(tmp / "codec.safetensors"))
+        (tmp / "codec.safetensors").chmod(0o644)  # safetensors writes 0600
         config = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": "codec-only",
             "sample_rate": self.config.sample_rate, "codec": self.config.to_dict(),
