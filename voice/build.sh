@@ -30,7 +30,7 @@ case "$stage" in
   codec|codec_b)
     extra=(); [ "$stage" = codec_b ] && extra=(--freeze_encoder)
     if [ -f "$CODEC/state.pt" ]; then
-      exec $PY -m llmvox codec train --resume --data_path "$DATA" --out_dir "$CODEC" "${extra[@]}" "$@"
+      exec $PY -m llmvox codec train --resume --data_path "$DATA" --out_dir "$CODEC" --threads "$THREADS" "${extra[@]}" "$@"
     fi
     # A fresh machine continues from the last committed milestone (weights only); from scratch, the
     # first 1,000 steps run unquantised so the encoder learns the Whisper-feature (semantic) targets
