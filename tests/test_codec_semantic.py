@@ -78,6 +78,11 @@ def test_semantic_setting_errors_are_clear(tiny_yaml, tiny_dataset, store, tmp_p
         _trainer(tiny_yaml, tiny_dataset, tmp_path / "a", semantic_weight=1.0)
     with pytest.raises(LLMVoXError, match="no semantic features"):
         _trainer(tiny_yaml, tiny_dataset, tmp_path / "b", semantic_weight=1.0, semantic_dir=str(tmp_path))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "index.json").write_text('{"dim": 512, "clips": {"c0": [0, 75]}}')  # no features file
+    with pytest.raises(LLMVoXError, match="damaged semantic feature store"):
+        SemanticStore(damaged)
     partial = tmp_path / "partial"
     build_semantic_store(load_clips(tiny_dataset)[:1], partial, progress=False)
     with pytest.raises(LLMVoXError, match="lacks Whisper features"):

@@ -125,6 +125,9 @@ def test_eval_cli_errors(tiny_bundle, tmp_path, capsys):
     assert "--json must end with .json" in capsys.readouterr().err
     assert main(["eval", "--sentences", str(sentences), "--json", str(tmp_path / "o.json"),
                  "--bundle", str(tmp_path / "no_bundle")]) == 2
+    assert main(["eval", "--sentences", str(sentences), "--json", str(tmp_path / "o.json"),
+                 "--codec", str(tiny_bundle), "--bundle", str(tiny_bundle)]) == 2
+    assert "--codec scores a codec alone: drop --bundle" in capsys.readouterr().err
 
 
 def test_has_speech_and_language_codes():

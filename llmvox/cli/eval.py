@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     wav_dir = Path(args.wav_dir) if args.wav_dir else out.with_name(out.stem + "_wavs")
     voice = codec = None
     if args.codec:
+        voice_flags = [f"--{n}" for n in ("bundle", "llmvox_checkpoint_path", "wav_model_path") if getattr(args, n, None)]
+        if voice_flags or args.codec_resynthesis:
+            raise LLMVoXError("--codec scores a codec alone: drop " + ", ".join(voice_flags or ["--codec_resynthesis"]))
         from llmvox.cli.codec import codec_from_folder
 
         codec = codec_from_folder(Path(args.codec), "cpu")

@@ -70,12 +70,16 @@ class SemanticStore:
         if not index_path.is_file():
             raise LLMVoXError(f"{self.folder} holds no semantic features (no {INDEX_FILE}); "
                               "build them with `llmvox codec semantic`")
-        meta = json.loads(index_path.read_text())
-        self.dim = int(meta["dim"])
-        self.index: dict[str, tuple[int, int]] = {k: (int(r), int(n)) for k, (r, n) in meta["clips"].items()}
-        rows = sum(n for _, n in self.index.values())
-        self._data = np.memmap(self.folder / FEATURES_FILE, dtype=np.float16, mode="r", shape=(rows, self.dim)) \
-            if rows else np.zeros((0, self.dim), np.float16)
+        try:
+            meta = json.loads(index_path.read_text())
+            self.dim = int(meta["dim"])
+            self.index: dict[str, tuple[int, int]] = {k: (int(r), int(n)) for k, (r, n) in meta["clips"].items()}
+            rows = sum(n for _, n in self.index.values())
+            self._data = np.memmap(self.folder / FEATURES_FILE, dtype=np.float16, mode="r",
+                                   shape=(rows, self.dim)) if rows else np.zeros((0, self.dim), np.float16)
+        except (ValueError, KeyError, TypeError, OSError) as exc:  # JSONDecodeError is a ValueError
+            raise LLMVoXError(f"{self.folder}: damaged semantic feature store ({exc}); delete it and run "
+                              "`llmvox codec semantic` again") from None
         self.mean, self.std = self._standardiser() if rows else (np.zeros(self.dim, np.float32), np.ones(self.dim, np.float32))
 
     def _standardiser(self) -> tuple[np.ndarray, np.ndarray]:
