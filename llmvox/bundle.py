@@ -82,6 +82,17 @@ def load_bundle_parts(path: str | Path) -> tuple[dict[str, Any], GPT, torch.Tens
     return config, gpt.eval(), text_table.float(), codec.eval()
 
 
+def load_bundle_codec(path: str | Path, device: str = "cpu") -> Any:
+    """Only the codec of a bundle (or of a codec milestone folder): config.json["codec"] + codec.safetensors."""
+    from llmvox.codec.checkpoint import wavtokenizer_from_bundle
+
+    folder = Path(path)
+    config = read_bundle_config(folder)
+    if "codec" not in config:
+        raise LLMVoXError(f"{folder}/config.json has no 'codec' section")
+    return wavtokenizer_from_bundle(config["codec"], _read_safetensors(folder / "codec.safetensors"), device=device)
+
+
 def save_bundle(
     path: str | Path,
     gpt: GPT,

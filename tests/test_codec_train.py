@@ -252,10 +252,10 @@ def test_freeze_encoder_keeps_codes_fixed(tiny_yaml, tiny_dataset, tmp_path):
     assert not torch.equal(head, phase_b.model.head.out.weight)
 
     # the phase-A export tokenises exactly as the frozen encoder that phase B trains on
-    from llmvox.cli.codec import codec_from_folder
+    from llmvox.bundle import load_bundle_codec
 
     final = tmp_path / "phase_a" / "milestones" / "phaseA_final"
-    exported = codec_from_folder(final, "cpu")
+    exported = load_bundle_codec(final, "cpu")
     audio = phase_b.data.batch(123, 3)
     with torch.no_grad():
         trained_on = phase_b.forward(audio, update_codebook=False).codes
@@ -266,7 +266,7 @@ def test_freeze_encoder_keeps_codes_fixed(tiny_yaml, tiny_dataset, tmp_path):
 
 
 def test_milestone_export_loads_as_a_codec_bundle(tiny_yaml, tiny_dataset, tmp_path):
-    from llmvox.cli.codec import codec_from_folder
+    from llmvox.bundle import load_bundle_codec
 
     trainer = _trainer(tiny_yaml, tiny_dataset, tmp_path / "ms", max_steps=3, eval_every=3)
     trainer.fit()
@@ -276,7 +276,7 @@ def test_milestone_export_loads_as_a_codec_bundle(tiny_yaml, tiny_dataset, tmp_p
     folder = tmp_path / "ms" / "milestones" / "latest_phaseA"
     config = json.loads((folder / "config.json").read_text())
     assert config["step"] == 3 and config["storage_dtype"].startswith("float16")
-    codec = codec_from_folder(folder, "cpu")
+    codec = load_bundle_codec(folder, "cpu")
     torch.testing.assert_close(codec.codebook, trainer.model.quantizer.embed, rtol=2e-3, atol=2e-3)
     assert (tmp_path / "ms" / "milestones" / "step_0000003" / "codec.safetensors").is_file()
 

@@ -481,6 +481,21 @@ def test_user_errors_are_one_line(world, tmp_path, capsys):
     assert main(["train", "--data_path", str(world["data"]), "--out_dir", str(tmp_path / "r2")]) == 2
     assert "give the codec" in capsys.readouterr().err
     assert main([*base, "--overwrite", "--gradient_accumulation_steps", "0"]) == 2
+    assert main([*base, "--overwrite", "--max_codes", "1"]) == 2
+    assert "no training utterance has at most --max_codes=1 codes" in capsys.readouterr().err
+
+
+def test_max_codes_trains_on_the_short_utterances_only(world, tmp_path, capsys):
+    from llmvox.train.cache import CodeCache
+
+    lengths = np.sort(CodeCache(world["cache"]).code_lengths)
+    limit = int(lengths[len(lengths) // 2])
+    rc = main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "run"), "--max_iters", "1",
+               *TINY, "--val_fraction", "0", "--max_codes", str(limit), "--progress", "False"])
+    assert rc == 0
+    kept = int((lengths <= limit).sum())
+    assert 0 < kept < len(lengths)
+    assert f"curriculum: {kept} training utterances of at most {limit} codes" in capsys.readouterr().err
 
 
 def test_bench_train_reports_tokens_and_matmul(tmp_path):

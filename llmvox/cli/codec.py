@@ -49,34 +49,15 @@ def load_codec_from_args(args: argparse.Namespace) -> WavTokenizer:
     if bundle:
         if args.wav_config_path or args.wav_model_path:
             raise LLMVoXError("give either --bundle or --wav_config_path/--wav_model_path, not both")
-        return codec_from_folder(Path(bundle), args.device)
+        from llmvox.bundle import load_bundle_codec
+
+        return load_bundle_codec(bundle, args.device)
     if not args.wav_config_path or not args.wav_model_path:
         alternative = " (or --bundle DIR)" if _bundle_available() else ""
         raise LLMVoXError(f"--wav_config_path and --wav_model_path are required{alternative}")
     from llmvox.codec.checkpoint import load_wavtokenizer
 
     return load_wavtokenizer(args.wav_config_path, args.wav_model_path, device=args.device)
-
-
-def codec_from_folder(folder: Path, device: str) -> WavTokenizer:
-    """Only the codec part of a bundle: config.json["codec"] + codec.safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from llmvox.bundle import read_bundle_config
-    from llmvox.codec.checkpoint import wavtokenizer_from_bundle
-
-    config = read_bundle_config(folder)
-    if "codec" not in config:
-        raise LLMVoXError(f"{folder}/config.json has no 'codec' section")
-    weights = folder / "codec.safetensors"
-    if not weights.is_file():
-        raise LLMVoXError(f"bundle file missing: {weights}")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise LLMVoXError(f"{weights} is not a readable safetensors file: {exc}") from None
-    return wavtokenizer_from_bundle(config["codec"], tensors, device=device)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         voice_flags = [f"--{n}" for n in ("bundle", "llmvox_checkpoint_path", "wav_model_path") if getattr(args, n, None)]
         if voice_flags or args.codec_resynthesis:
             raise LLMVoXError("--codec scores a codec alone: drop " + ", ".join(voice_flags or ["--codec_resynthesis"]))
-        from llmvox.cli.codec import codec_from_folder
+        from llmvox.bundle import load_bundle_codec
 
-        codec = codec_from_folder(Path(args.codec), "cpu")
+        codec = load_bundle_codec(Path(args.codec), "cpu")
     else:
         voice = load_voice(args)
         if args.max_audio_length:

@@ -57,6 +57,7 @@ _HELP: dict[str, str] = {
     "lr_decay_iters": "step where the cosine reaches min_lr (default max_iters)",
     "min_lr": "final learning rate (default 3e-6)",
     "max_seq_len": "crop sequences to their first N steps (default block_size)",
+    "max_codes": "train only on utterances of at most N codes (short sentences first; resume without it)",
     "bucket_window": "length bucketing: sort within windows of this many batches (default 64)",
     "eval_interval": "held-out eval + checkpoint every N steps (default 500)",
     "eval_iters": "held-out batches per eval (0 = all; default 20)",

@@ -118,6 +118,7 @@ class TrainConfig:
     lr_decay_iters: int | None = None
     min_lr: float = 3e-6
     max_seq_len: int | None = None
+    max_codes: int | None = None
     bucket_window: int = 64
     # evaluation, checkpoints, logs
     eval_interval: int = 500
@@ -474,6 +475,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise LLMVoXError(f"--{name} must be at least 1, got {value}")
     if cfg.max_iters < 0:
         raise LLMVoXError("--max_iters must be >= 0")
+    if cfg.max_codes is not None and cfg.max_codes < 1:
+        raise LLMVoXError("--max_codes must be at least 1")
     if cfg.max_seq_len is not None and cfg.max_seq_len < 2:
         raise LLMVoXError("--max_seq_len must be at least 2")
     if not 0 <= cfg.val_fraction < 1:
@@ -725,6 +728,12 @@ class Trainer:
         train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
         if len(train_idx) == 0:
             raise LLMVoXError("no training utterances left after the held-out split")
+        if cfg.max_codes:
+            # short sentences first: the text-audio alignment is learned sooner on short utterances
+            train_idx = train_idx[cache.code_lengths[train_idx] <= cfg.max_codes]
+            if len(train_idx) == 0:
+                raise LLMVoXError(f"no training utterance has at most --max_codes={cfg.max_codes} codes")
+            self._info(f"curriculum: {len(train_idx)} training utterances of at most {cfg.max_codes} codes")
         lengths = sequence_lengths(cache.code_lengths, max_len)
         sampler = BucketSampler(lengths[train_idx], cfg.batch_size, seed=cfg.seed, bucket_window=cfg.bucket_window)
         val_batches = [val_idx[b] for b in fixed_batches(lengths[val_idx], cfg.batch_size, seed=cfg.seed,
