@@ -387,11 +387,37 @@ def test_fine_tune_from_an_original_checkpoint_needs_its_text_table(world, tmp_p
             "--eval_interval", "0"]
     assert main([*base, "--out_dir", str(tmp_path / "a")]) == 2
     assert "--encoder_model_path" in capsys.readouterr().err
+    assert main(["convert", "--llmvox_checkpoint_path", str(original), *codec_args(world), "--out",
+                 str(tmp_path / "bundle")]) == 2
+    assert "no learned text table" in capsys.readouterr().err
     t5 = tmp_path / "t5"
     t5.mkdir()
     save_file({"shared.weight": torch.randn(384, 64)}, str(t5 / "model.safetensors"))
     assert main([*base, "--out_dir", str(tmp_path / "b"), "--encoder_model_path", str(t5)]) == 0
     assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+def test_convert_takes_a_bundle_from_a_training_checkpoint(world, tmp_path, capsys):
+    """`llmvox convert` without a T5 folder = the bundle `--export_bundle` writes; the codec must match."""
+    from safetensors.torch import load_file
+
+    out, exported, converted = tmp_path / "run", tmp_path / "exported", tmp_path / "converted"
+    assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(out), "--max_iters", "3", *TINY,
+                 "--eval_interval", "0", *codec_args(world), "--export_bundle", str(exported), "--export_dtype",
+                 "bfloat16"]) == 0
+    assert main(["convert", "--llmvox_checkpoint_path", str(out / "ckpt.pt"), *codec_args(world), "--out",
+                 str(converted), "--dtype", "bfloat16", "--name", "exported"]) == 0
+    for part in ("decoder.safetensors", "codec.safetensors"):
+        a, b = load_file(str(exported / part)), load_file(str(converted / part))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (json.loads((converted / "config.json").read_text())["training"]["iter_num"] == 3)
+    other = tmp_path / "other"
+    save_codec(make_codec(1, world["audios"]), other)
+    assert main(["convert", "--llmvox_checkpoint_path", str(out / "ckpt.pt"), "--wav_config_path",
+                 str(other / "codec.yaml"), "--wav_model_path", str(other / "codec.ckpt"), "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "was trained on codec" in capsys.readouterr().err
 
 
 def test_resume_after_sigint_reproduces_the_uninterrupted_run(world, tmp_path):

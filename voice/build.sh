@@ -5,7 +5,7 @@
 #   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
-#   voice/build.sh decoder    train the LLMVoX decoder on the cached codes
+#   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first)
 #   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
 #   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
 # Working state lives outside the repository in $VOICE_DIR (default /work/cache/voice).
@@ -48,11 +48,11 @@ case "$stage" in
     exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
-      --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=500 --max_iters="${MAX_ITERS:-40000}" \
-      --lr_decay_iters="${MAX_ITERS:-40000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
+      --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
+      --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
       --eval_interval=1000 "${init[@]}" "$@" ;;
   export)
-    exec $PY -m llmvox train --init_from=resume --out_dir "$DEC" --max_iters "${MAX_ITERS:-40000}" \
+    exec $PY -m llmvox train --init_from=resume --out_dir "$DEC" --max_iters "${MAX_ITERS:-20000}" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
       --export_bundle llmvox/voices/default --export_dtype bfloat16 "$@" ;;
   eval)

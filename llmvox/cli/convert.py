@@ -1,4 +1,9 @@
-"""`llmvox convert`: the three original sources -> one llmvox bundle folder (safetensors + config.json)."""
+"""`llmvox convert`: checkpoints -> one llmvox bundle folder (safetensors + config.json).
+
+Two sources: the original release (LLMVoX checkpoint + charsiu T5 folder + WavTokenizer YAML/ckpt), or a
+checkpoint written by `llmvox train`, which carries its learned text table, so no T5 folder is needed; the
+latter is how a milestone is taken from a training run that is still going.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,16 @@ from llmvox.cli.common import add_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="turn the original checkpoints into an llmvox bundle",
+    p = subparsers.add_parser("convert", help="turn the original checkpoints (or a training checkpoint) into a bundle",
                               description="Read an LLMVoX checkpoint, a charsiu T5 folder and a WavTokenizer "
-                              "YAML + checkpoint; write one bundle folder that loads without pickle.")
-    for name, help_text in (
-        ("llmvox_checkpoint_path", "LLMVoX decoder checkpoint (.pt)"),
-        ("encoder_model_path", "charsiu ByT5 g2p T5 folder"),
-        ("wav_config_path", "WavTokenizer YAML config"),
-        ("wav_model_path", "WavTokenizer checkpoint (.ckpt)"),
-    ):
-        add_flag(p, name, required=True, metavar="PATH", help=help_text)
+                              "YAML + checkpoint; write one bundle folder that loads without pickle. A checkpoint "
+                              "from `llmvox train` needs no T5 folder: its text table is inside.")
+    add_flag(p, "llmvox_checkpoint_path", required=True, metavar="PATH",
+             help="LLMVoX decoder checkpoint (.pt): the original, or one written by llmvox train")
+    add_flag(p, "encoder_model_path", metavar="PATH",
+             help="charsiu ByT5 g2p T5 folder (the text table; not needed for llmvox train checkpoints)")
+    add_flag(p, "wav_config_path", required=True, metavar="PATH", help="WavTokenizer YAML config")
+    add_flag(p, "wav_model_path", required=True, metavar="PATH", help="WavTokenizer checkpoint (.ckpt)")
     add_flag(p, "tokenizer_path", metavar="PATH", help="ByT5 tokenizer folder (checked, not needed)")
     add_flag(p, "out", required=True, metavar="DIR", help="bundle folder to write")
     add_flag(p, "dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -30,12 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from llmvox.api import LLMVoX
+    dtype = getattr(torch, args.dtype)
+    if args.encoder_model_path is None:
+        from llmvox.codec.checkpoint import load_wavtokenizer
+        from llmvox.train.trainer import export_bundle_from_checkpoint
 
-    tts = LLMVoX.from_original(args.llmvox_checkpoint_path, args.encoder_model_path, args.wav_config_path,
-                               args.wav_model_path, args.tokenizer_path)
-    if args.name:
-        tts.name = args.name
-    folder = tts.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
+        codec = load_wavtokenizer(args.wav_config_path, args.wav_model_path)
+        folder = export_bundle_from_checkpoint(args.llmvox_checkpoint_path, codec, args.out, dtype=dtype,
+                                               name=args.name)
+    else:
+        from llmvox.api import LLMVoX
+
+        tts = LLMVoX.from_original(args.llmvox_checkpoint_path, args.encoder_model_path, args.wav_config_path,
+                                   args.wav_model_path, args.tokenizer_path)
+        if args.name:
+            tts.name = args.name
+        folder = tts.save_pretrained(args.out, dtype=dtype)
     print(f"wrote bundle {folder}", file=sys.stderr)
     return 0

@@ -362,7 +362,7 @@ def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: 
     table = ckpt.get("text_embedding")
     if not isinstance(table, torch.Tensor):
         raise LLMVoXError(f"{ckpt_path} has no learned text table ('text_embedding'); it was not written by "
-                          "llmvox train: use the original paths with its T5 folder instead")
+                          "llmvox train: give its T5 folder (--encoder_model_path) instead")
     meta = ckpt.get("llmvox", {})
     expected = meta.get("codec_fingerprint")
     if expected and expected != codec_fingerprint(codec):
