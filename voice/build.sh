@@ -6,6 +6,7 @@
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first)
+#   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
 #   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
 #   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
 # Working state lives outside the repository in $VOICE_DIR (default /work/cache/voice).
@@ -19,7 +20,7 @@ DATA=$VOICE_DIR/data/data.json
 CODEC=${CODEC:-$VOICE_DIR/codec_sem}
 DEC=${DEC:-$VOICE_DIR/decoder}
 SEMANTIC=$VOICE_DIR/semantic
-stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|export|eval}
+stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|probe|export|eval}
 shift || true
 case "$stage" in
   synth)
@@ -51,6 +52,16 @@ case "$stage" in
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
       --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
       --eval_interval=1000 "${init[@]}" "$@" ;;
+  probe)
+    mkdir -p "$VOICE_DIR/probe" voice/probe
+    cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile
+    step=$($PY -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True, mmap=True)['iter_num'])" \
+      "$VOICE_DIR/probe/ckpt.pt")
+    $PY -m llmvox convert --llmvox_checkpoint_path "$VOICE_DIR/probe/ckpt.pt" --wav_config_path "$CODEC/config.yaml" \
+      --wav_model_path "$CODEC/wavtokenizer.ckpt" --out "$VOICE_DIR/probe/step_$step" --dtype bfloat16
+    exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --limit "${LIMIT:-40}" \
+      --bundle "$VOICE_DIR/probe/step_$step" --json "voice/probe/decoder_step_$step.json" \
+      --wav_dir "$VOICE_DIR/probe/step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
   export)
     exec $PY -m llmvox train --init_from=resume --out_dir "$DEC" --max_iters "${MAX_ITERS:-20000}" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \

@@ -109,12 +109,35 @@ class ServerProcess:
         self.log.close()
 
 
+class _Playback:
+    """A listener's clock: audio plays from its first byte at `bytes_per_second`; a late byte is a stall."""
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.rate = bytes_per_second
+        self.first: float | None = None
+        self.received = 0
+        self.stall = 0.0
+        self._play_start = 0.0
+
+    def heard(self, n_bytes: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = self._play_start = now
+        else:
+            due = self._play_start + self.received / self.rate  # the buffer runs dry at `due`
+            if now > due:
+                self.stall += now - due
+                self._play_start += now - due
+        self.received += n_bytes
+
+    @property
+    def seconds(self) -> float:
+        return self.received / self.rate
+
+
 async def _one_stream(client, url: str, text: str, headers: dict[str, str]) -> dict[str, Any]:
     start = time.perf_counter()
-    first: float | None = None
-    received = 0
-    stall = 0.0
-    play_start = None
+    play = _Playback(SAMPLE_RATE * BYTES_PER_SAMPLE)
     async with client.stream("POST", f"{url}/v1/audio/speech", headers=headers,
                              json={"model": "llmvox", "input": text, "voice": "default",
                                    "response_format": "pcm"}) as r:
@@ -122,21 +145,13 @@ async def _one_stream(client, url: str, text: str, headers: dict[str, str]) -> d
             body = await r.aread()
             raise RuntimeError(f"HTTP {r.status_code}: {body[:300]!r}")
         async for part in r.aiter_raw():
-            if not part:
-                continue
-            now = time.perf_counter()
-            if first is None:
-                first = play_start = now
-            else:
-                due = play_start + received / (SAMPLE_RATE * BYTES_PER_SAMPLE)  # buffer runs dry at `due`
-                if now > due:
-                    stall += now - due
-                    play_start += now - due
-            received += len(part)
+            if part:
+                play.heard(len(part))
     end = time.perf_counter()
-    seconds = received / (SAMPLE_RATE * BYTES_PER_SAMPLE)
-    return {"ttfa": (first or end) - start, "elapsed": end - start, "audio_seconds": seconds,
-            "rtf": (end - start) / seconds if seconds else None, "stall_seconds": stall, "start": start, "end": end}
+    seconds = play.seconds
+    return {"ttfa": (play.first or end) - start, "elapsed": end - start, "audio_seconds": seconds,
+            "rtf": (end - start) / seconds if seconds else None, "stall_seconds": play.stall, "start": start,
+            "end": end}
 
 
 async def _level(url: str, n: int, text: str, headers: dict[str, str]) -> list[dict[str, Any]]:
@@ -304,12 +319,8 @@ async def _chat_turn(client, url: str, chat_type: str, question: str, audio_b64:
                                     "audio_base64": audio_b64}
     else:
         path, body = "/textchat", {"text": question}
-    rate = SAMPLE_RATE * CHAT_SAMPLE_BYTES
     start = time.perf_counter()
-    first: float | None = None
-    received = 0
-    stall = 0.0
-    play_start = 0.0
+    play = _Playback(SAMPLE_RATE * CHAT_SAMPLE_BYTES)
     async with client.stream("POST", f"{url}{path}", headers=headers, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{path}: HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -318,27 +329,18 @@ async def _chat_turn(client, url: str, chat_type: str, question: str, audio_b64:
         # the side channel answers a waiting GET when the answer text is complete: when the LLM finished
         written = asyncio.ensure_future(_transcript_when_done(client, url, turn_id, headers)) if turn_id else None
         async for part in r.aiter_raw():
-            if not part:
-                continue
-            now = time.perf_counter()
-            if first is None:
-                first = play_start = now
-            else:
-                due = play_start + received / rate
-                if now > due:
-                    stall += now - due
-                    play_start += now - due
-            received += len(part)
+            if part:
+                play.heard(len(part))
     end = time.perf_counter()
     transcript, written_at = await written if written is not None else ({}, None)
-    seconds = received / rate
+    seconds = play.seconds
     asr = float(transcript.get("asr_seconds") or 0.0)
     first_token = transcript.get("first_token_seconds")
     return {
         "question": question,
         "heard": (transcript.get("question") or heard or None) if chat_type == "voice" else None,
         "answer": transcript.get("answer"),
-        "ttfa_s": (first or end) - start,
+        "ttfa_s": (play.first or end) - start,
         "asr_s": asr,
         # the server times ASR and the LLM's first token from one start: the LLM's share is the rest
         "llm_first_token_s": None if first_token is None else max(0.0, float(first_token) - asr),
@@ -346,7 +348,7 @@ async def _chat_turn(client, url: str, chat_type: str, question: str, audio_b64:
         "total_s": end - start,
         "audio_seconds": seconds,
         "rtf": (end - start) / seconds if seconds else None,
-        "stall_seconds": stall,
+        "stall_seconds": play.stall,
         "start": start,
         "end": end,
     }
