@@ -56,7 +56,7 @@ def read_bundle_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_bundle_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LLMVoXError(f"bundle file missing: {path}")
     try:
@@ -71,13 +71,13 @@ def load_bundle_parts(path: str | Path) -> tuple[dict[str, Any], GPT, torch.Tens
 
     folder = Path(path)
     config = read_bundle_config(folder)
-    tensors = _read_safetensors(folder / "decoder.safetensors")
+    tensors = read_bundle_tensors(folder / "decoder.safetensors")
     text_table = tensors.pop(TEXT_TABLE_KEY, None)
     if text_table is None:
         raise LLMVoXError(f"{folder}/decoder.safetensors lacks {TEXT_TABLE_KEY}")
     gpt = GPT(GPTConfig.from_dict(config["decoder"]))
     load_state_strict(gpt, {k: v.float() for k, v in tensors.items()}, f"{folder}/decoder.safetensors")
-    codec_tensors = {k: v.float() for k, v in _read_safetensors(folder / "codec.safetensors").items()}
+    codec_tensors = {k: v.float() for k, v in read_bundle_tensors(folder / "codec.safetensors").items()}
     codec = wavtokenizer_from_bundle(config["codec"], codec_tensors)
     return config, gpt.eval(), text_table.float(), codec.eval()
 
@@ -90,7 +90,7 @@ def load_bundle_codec(path: str | Path, device: str = "cpu") -> Any:
     config = read_bundle_config(folder)
     if "codec" not in config:
         raise LLMVoXError(f"{folder}/config.json has no 'codec' section")
-    return wavtokenizer_from_bundle(config["codec"], _read_safetensors(folder / "codec.safetensors"), device=device)
+    return wavtokenizer_from_bundle(config["codec"], read_bundle_tensors(folder / "codec.safetensors"), device=device)
 
 
 def save_bundle(

@@ -420,6 +420,29 @@ def test_convert_takes_a_bundle_from_a_training_checkpoint(world, tmp_path, caps
     assert "was trained on codec" in capsys.readouterr().err
 
 
+def test_a_bundle_warm_starts_training_with_its_weights(world, tmp_path, capsys):
+    """--init_from BUNDLE_DIR: a committed milestone continues when the full checkpoint is gone."""
+    import re
+
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    common = [*TINY, "--val_fraction", "0.3", "--dtype", "float32", "--progress", "False"]
+    assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(out), "--max_iters", "20",
+                 "--learning_rate", "3e-3", "--eval_interval", "0", *common, *codec_args(world),
+                 "--export_bundle", str(bundle)]) == 0
+
+    def held_out(*args: str) -> float:
+        capsys.readouterr()
+        assert main(["train", "--data_path", str(world["cache"]), "--eval_only", *common, *args]) == 0
+        return float(re.search(r"held-out loss ([0-9.]+)", capsys.readouterr().err).group(1))
+
+    trained = held_out("--out_dir", str(tmp_path / "e1"), "--init_from", str(out / "ckpt.pt"))
+    warm = held_out("--out_dir", str(tmp_path / "e2"), "--init_from", str(bundle))
+    fresh = held_out("--out_dir", str(tmp_path / "e3"))
+    assert warm == trained != fresh
+    assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "more"), "--init_from",
+                 str(bundle), "--max_iters", "2", "--eval_interval", "0", *common]) == 0
+
+
 def test_resume_after_sigint_reproduces_the_uninterrupted_run(world, tmp_path):
     args = [sys.executable, "-m", "llmvox", "train", "--data_path", str(world["cache"]), "--max_iters", "150", *TINY,
             "--batch_size", "2", "--gradient_accumulation_steps", "2", "--learning_rate", "3e-3",

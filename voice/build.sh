@@ -45,7 +45,9 @@ case "$stage" in
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;
   decoder)
-    init=(--init_from=scratch); [ -f "$DEC/ckpt.pt" ] && init=(--init_from=resume)
+    # resume the full checkpoint; without one, INIT=llmvox/voices/default warm-starts from the shipped voice
+    init=(--init_from=scratch)
+    if [ -f "$DEC/ckpt.pt" ]; then init=(--init_from=resume); elif [ -n "${INIT:-}" ]; then init=(--init_from="$INIT"); fi
     exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" \
       --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \

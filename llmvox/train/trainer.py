@@ -343,12 +343,31 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A trainer checkpoint, or a bundle folder as one (weights and text table only: a warm start from a
+    committed milestone when the full checkpoint with its optimizer state is gone)."""
+    from llmvox.bundle import is_bundle
     from llmvox.model.checkpoint import read_torch_file
 
+    if is_bundle(path):
+        return _bundle_as_checkpoint(Path(path))
     ckpt = read_torch_file(path, "training checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise LLMVoXError(f"{path} is not an LLMVoX checkpoint (expected a dict with 'model' and 'model_args')")
     return ckpt
+
+
+def _bundle_as_checkpoint(folder: Path) -> dict[str, Any]:
+    from llmvox.bundle import TEXT_TABLE_KEY, read_bundle_config, read_bundle_tensors
+
+    config = read_bundle_config(folder)
+    model = {k: v.float() for k, v in read_bundle_tensors(folder / "decoder.safetensors").items()}
+    table = model.pop(TEXT_TABLE_KEY, None)
+    if table is None or "decoder" not in config:
+        raise LLMVoXError(f"{folder} is not a decoder bundle (no 'decoder' config or text table)")
+    training = config.get("training", {})
+    return {"model": model, "model_args": dict(config["decoder"]), "text_embedding": table,
+            "iter_num": int(training.get("iter_num", 0)),
+            "llmvox": {"codec_fingerprint": training.get("codec_fingerprint") or config.get("codec_fingerprint")}}
 
 
 def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: str | os.PathLike, *,
