@@ -403,14 +403,19 @@ def test_convert_takes_a_bundle_from_a_training_checkpoint(world, tmp_path, caps
 
     out, exported, converted = tmp_path / "run", tmp_path / "exported", tmp_path / "converted"
     assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(out), "--max_iters", "3", *TINY,
-                 "--eval_interval", "0", *codec_args(world), "--export_bundle", str(exported), "--export_dtype",
-                 "bfloat16"]) == 0
+                 "--eval_interval", "0", *codec_args(world), "--export_bundle", str(exported)]) == 0
     assert main(["convert", "--llmvox_checkpoint_path", str(out / "ckpt.pt"), *codec_args(world), "--out",
-                 str(converted), "--dtype", "bfloat16", "--name", "exported"]) == 0
-    for part in ("decoder.safetensors", "codec.safetensors"):
-        a, b = load_file(str(exported / part)), load_file(str(converted / part))
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a)
+                 str(converted), "--name", "exported"]) == 0
+    via_folder = tmp_path / "via_folder"  # the codec taken from a bundle / milestone folder
+    assert main(["convert", "--llmvox_checkpoint_path", str(out / "ckpt.pt"), "--codec", str(exported), "--out",
+                 str(via_folder)]) == 0
+    for other_bundle in (converted, via_folder):
+        for part in ("decoder.safetensors", "codec.safetensors"):
+            a, b = load_file(str(exported / part)), load_file(str(other_bundle / part))
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["convert", "--llmvox_checkpoint_path", str(out / "ckpt.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "give the codec" in capsys.readouterr().err
     assert (json.loads((converted / "config.json").read_text())["training"]["iter_num"] == 3)
     other = tmp_path / "other"
     save_codec(make_codec(1, world["audios"]), other)

@@ -65,9 +65,9 @@ case "$stage" in
       --bundle "$VOICE_DIR/probe/step_$step" --json "voice/probe/decoder_step_$step.json" \
       --wav_dir "$VOICE_DIR/probe/step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
   export)
-    exec $PY -m llmvox train --init_from=resume --out_dir "$DEC" --max_iters "${MAX_ITERS:-20000}" \
-      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
-      --export_bundle llmvox/voices/default --export_dtype bfloat16 "$@" ;;
+    # the decoder's latest checkpoint + the committed (evaluated) codec milestone -> the shipped bundle
+    exec $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "${CODEC_MILESTONE:-voice/milestones/codec}" \
+      --out llmvox/voices/default --name default --dtype bfloat16 "$@" ;;
   eval)
     exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --json voice/eval.json \
       --teacher hibari --codec_resynthesis "$@" ;;

@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              help="LLMVoX decoder checkpoint (.pt): the original, or one written by llmvox train")
     add_flag(p, "encoder_model_path", metavar="PATH",
              help="charsiu ByT5 g2p T5 folder (the text table; not needed for llmvox train checkpoints)")
-    add_flag(p, "wav_config_path", required=True, metavar="PATH", help="WavTokenizer YAML config")
-    add_flag(p, "wav_model_path", required=True, metavar="PATH", help="WavTokenizer checkpoint (.ckpt)")
+    add_flag(p, "wav_config_path", metavar="PATH", help="WavTokenizer YAML config")
+    add_flag(p, "wav_model_path", metavar="PATH", help="WavTokenizer checkpoint (.ckpt)")
+    add_flag(p, "codec", metavar="DIR", help="instead of the two paths above, for a llmvox train checkpoint: the "
+             "codec of a bundle or of a `llmvox codec train` milestone folder")
     add_flag(p, "tokenizer_path", metavar="PATH", help="ByT5 tokenizer folder (checked, not needed)")
     add_flag(p, "out", required=True, metavar="DIR", help="bundle folder to write")
     add_flag(p, "dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -35,12 +37,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from llmvox.errors import LLMVoXError
+
     dtype = getattr(torch, args.dtype)
+    wav_paths = args.wav_config_path is not None and args.wav_model_path is not None
+    if args.codec is not None and (args.wav_config_path or args.wav_model_path or args.encoder_model_path):
+        raise LLMVoXError("--codec DIR is for llmvox train checkpoints; do not combine it with the WavTokenizer "
+                          "paths or --encoder_model_path")
+    if args.codec is None and not wav_paths:
+        raise LLMVoXError("give the codec: --wav_config_path and --wav_model_path, or --codec DIR")
     if args.encoder_model_path is None:
-        from llmvox.codec.checkpoint import load_wavtokenizer
         from llmvox.train.trainer import export_bundle_from_checkpoint
 
-        codec = load_wavtokenizer(args.wav_config_path, args.wav_model_path)
+        if args.codec is not None:
+            from llmvox.bundle import load_bundle_codec
+
+            codec = load_bundle_codec(args.codec)
+        else:
+            from llmvox.codec.checkpoint import load_wavtokenizer
+
+            codec = load_wavtokenizer(args.wav_config_path, args.wav_model_path)
         folder = export_bundle_from_checkpoint(args.llmvox_checkpoint_path, codec, args.out, dtype=dtype,
                                                name=args.name)
     else:
