@@ -67,7 +67,6 @@ def read_bundle_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_bundle_parts(path: str | Path) -> tuple[dict[str, Any], GPT, torch.Tensor, Any]:
     """(config, GPT, text table, codec) from a bundle folder, all float32 on the CPU."""
-    from llmvox.codec.checkpoint import wavtokenizer_from_bundle
 
     folder = Path(path)
     config = read_bundle_config(folder)
@@ -77,9 +76,7 @@ def load_bundle_parts(path: str | Path) -> tuple[dict[str, Any], GPT, torch.Tens
         raise LLMVoXError(f"{folder}/decoder.safetensors lacks {TEXT_TABLE_KEY}")
     gpt = GPT(GPTConfig.from_dict(config["decoder"]))
     load_state_strict(gpt, {k: v.float() for k, v in tensors.items()}, f"{folder}/decoder.safetensors")
-    codec_tensors = {k: v.float() for k, v in read_bundle_tensors(folder / "codec.safetensors").items()}
-    codec = wavtokenizer_from_bundle(config["codec"], codec_tensors)
-    return config, gpt.eval(), text_table.float(), codec.eval()
+    return config, gpt.eval(), text_table.float(), load_bundle_codec(folder).eval()
 
 
 def load_bundle_codec(path: str | Path, device: str = "cpu") -> Any:

@@ -20,6 +20,7 @@ DATA=$VOICE_DIR/data/data.json
 CODEC=${CODEC:-$VOICE_DIR/codec_sem}
 DEC=${DEC:-$VOICE_DIR/decoder}
 SEMANTIC=$VOICE_DIR/semantic
+CODEC_MILESTONE=${CODEC_MILESTONE:-voice/milestones/codec}  # the evaluated codec that probes and the bundle use
 stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|probe|export|eval}
 shift || true
 case "$stage" in
@@ -59,14 +60,14 @@ case "$stage" in
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile
     step=$($PY -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True, mmap=True)['iter_num'])" \
       "$VOICE_DIR/probe/ckpt.pt")
-    $PY -m llmvox convert --llmvox_checkpoint_path "$VOICE_DIR/probe/ckpt.pt" --wav_config_path "$CODEC/config.yaml" \
-      --wav_model_path "$CODEC/wavtokenizer.ckpt" --out "$VOICE_DIR/probe/step_$step" --dtype bfloat16
+    $PY -m llmvox convert --llmvox_checkpoint_path "$VOICE_DIR/probe/ckpt.pt" --codec "$CODEC_MILESTONE" \
+      --out "$VOICE_DIR/probe/step_$step" --dtype bfloat16
     exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --limit "${LIMIT:-40}" \
       --bundle "$VOICE_DIR/probe/step_$step" --json "voice/probe/decoder_step_$step.json" \
       --wav_dir "$VOICE_DIR/probe/step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
   export)
     # the decoder's latest checkpoint + the committed (evaluated) codec milestone -> the shipped bundle
-    exec $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "${CODEC_MILESTONE:-voice/milestones/codec}" \
+    exec $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "$CODEC_MILESTONE" \
       --out llmvox/voices/default --name default --dtype bfloat16 "$@" ;;
   eval)
     exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --json voice/eval.json \

@@ -367,7 +367,7 @@ def _bundle_as_checkpoint(folder: Path) -> dict[str, Any]:
     training = config.get("training", {})
     return {"model": model, "model_args": dict(config["decoder"]), "text_embedding": table,
             "iter_num": int(training.get("iter_num", 0)),
-            "llmvox": {"codec_fingerprint": training.get("codec_fingerprint") or config.get("codec_fingerprint")}}
+            "llmvox": {"codec_fingerprint": training.get("codec_fingerprint")}}
 
 
 def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: str | os.PathLike, *,
