@@ -563,3 +563,23 @@ def test_bench_train_reports_tokens_and_matmul(tmp_path):
     for dtype in ("float32", "bfloat16"):
         assert row[dtype]["tokens_per_s"] > 0 and 0 < row[dtype]["mfu_vs_measured_matmul"] < 2
     assert "load_average_before" in result["machine"]
+
+
+def test_guided_attention_trains_the_named_heads_toward_the_text_diagonal(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data_path", str(world["cache"]), "--out_dir", str(out), "--max_iters", "60", *TINY,
+               "--batch_size", "4", "--learning_rate", "3e-3", "--warmup_iters", "5", "--val_fraction", "0",
+               "--log_interval", "5", "--dtype", "float32", "--guided_attn_heads", "1.0,1.1",
+               "--guided_attn_weight", "2"])
+    assert rc == 0
+    assert "guided attention on heads 1.0,1.1" in capsys.readouterr().err
+    rows = [r for r in read_log(out / "train_log.jsonl") if "loss" in r]
+    guided = [r["guided_attn"] for r in rows]
+    assert 0 < guided[-1] < 0.6 * guided[0]
+    # the checkpoint is an ordinary one: nothing of the guide is stored in the model
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["guided_attn_heads"] == "1.0,1.1"
+    assert not any("guide" in k for k in ckpt["model"])
+    assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "bad"), "--max_iters", "1",
+                 *TINY, "--val_fraction", "0", "--guided_attn_heads", "2.0"]) == 2
+    assert "--guided_attn_heads 2.0: the decoder has 2 layers of 2 heads" in capsys.readouterr().err

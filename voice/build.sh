@@ -5,7 +5,8 @@
 #   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
-#   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first)
+#   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
+#                             GUIDED=L.H,... guides those heads to read the text in order)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
 #   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
 #   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
@@ -54,7 +55,7 @@ case "$stage" in
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
       --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
-      --eval_interval=1000 "${init[@]}" "$@" ;;
+      --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} "${init[@]}" "$@" ;;
   probe)
     mkdir -p "$VOICE_DIR/probe" voice/probe
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile

@@ -58,6 +58,10 @@ _HELP: dict[str, str] = {
     "min_lr": "final learning rate (default 3e-6)",
     "max_seq_len": "crop sequences to their first N steps (default block_size)",
     "max_codes": "train only on utterances of at most N codes (short sentences first; resume without it)",
+    "guided_attn_heads": "guided attention: LAYER.HEAD list (e.g. 2.0,3.1) of heads taught to read the "
+                         "text in order (training only; the checkpoint format is unchanged)",
+    "guided_attn_weight": "weight of the guided-attention loss (default 1.0)",
+    "guided_attn_sigma": "width of the guided diagonal, as a fraction of the sentence (default 0.2)",
     "bucket_window": "length bucketing: sort within windows of this many batches (default 64)",
     "eval_interval": "held-out eval + checkpoint every N steps (default 500)",
     "eval_iters": "held-out batches per eval (0 = all; default 20)",

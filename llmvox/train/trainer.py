@@ -52,6 +52,7 @@ from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.model.speech_decoder import SpeechDecoder
 from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, TEXT_VOCAB_SIZE
+from llmvox.train.alignment import GuidedAttention, parse_heads
 from llmvox.train.batching import (
     IGNORE_INDEX,
     Batch,
@@ -120,6 +121,9 @@ class TrainConfig:
     max_seq_len: int | None = None
     max_codes: int | None = None
     bucket_window: int = 64
+    guided_attn_heads: str | None = None  # 'LAYER.HEAD,...': heads taught to read the text in order
+    guided_attn_weight: float = 1.0
+    guided_attn_sigma: float = 0.2
     # evaluation, checkpoints, logs
     eval_interval: int = 500
     eval_iters: int = 20
@@ -198,19 +202,32 @@ def micro_batch_loss(model: nn.Module, batch: Batch, ctx: contextlib.AbstractCon
 
 def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler, batches: list[Batch], ctx: contextlib.AbstractContextManager,
-                   grad_clip: float) -> float:
+                   grad_clip: float, guide: GuidedAttention | None = None) -> float:
     """One optimizer step over `batches` (gradient accumulation); returns the mean micro-batch loss.
 
-    With a DDP `model`, gradients are synchronised on the last micro-batch only.
+    With a DDP `model`, gradients are synchronised on the last micro-batch only. A `guide` adds its
+    weighted guided-attention loss to the gradient (the returned loss stays the cross-entropy; the
+    guide keeps its own mean in `guide.last`).
     """
     total = torch.zeros(())
+    guided = torch.zeros(())
     n = len(batches)
     for i, batch in enumerate(batches):
         sync = i == n - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            loss = micro_batch_loss(model, batch, ctx)
-            scaler.scale(loss / n).backward()
+            if guide is None:
+                loss = micro_batch_loss(model, batch, ctx)
+                scaler.scale(loss / n).backward()
+            else:
+                with guide.recording():
+                    loss = micro_batch_loss(model, batch, ctx)
+                with ctx:
+                    extra = guide.loss(batch.text_ids, batch.targets, IGNORE_INDEX)
+                scaler.scale((loss + guide.weight * extra) / n).backward()
+                guided += extra.detach().float().cpu()
         total += loss.detach().float().cpu()
+    if guide is not None:
+        guide.last = float(guided) / n
     if grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -767,6 +784,12 @@ class Trainer:
             return [batch_of(train_idx[sampler.micro_batch(first + j)]) for j in range(accum_local)]
 
         ctx = autocast_context(device.type, dtype)
+        guide = None
+        if cfg.guided_attn_heads and cfg.guided_attn_weight > 0:
+            heads = parse_heads(cfg.guided_attn_heads, gconf.n_layer, gconf.n_head)
+            guide = GuidedAttention(gpt, heads, sigma=cfg.guided_attn_sigma, weight=cfg.guided_attn_weight)
+            self._info(f"guided attention on heads {cfg.guided_attn_heads} (weight {cfg.guided_attn_weight}, "
+                       f"sigma {cfg.guided_attn_sigma})")
         lr_decay_iters = cfg.lr_decay_iters or cfg.max_iters
 
         def lr_at(it: int) -> float:
@@ -877,7 +900,7 @@ class Trainer:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     batches = train_batches(cursor)
-                    loss = optimizer_step(model, params, optimizer, scaler, batches, ctx, cfg.grad_clip)
+                    loss = optimizer_step(model, params, optimizer, scaler, batches, ctx, cfg.grad_clip, guide)
                     step_tokens = int(self._all_reduce(torch.tensor([sum(b.num_targets for b in batches)],
                                                                     dtype=torch.float64))[0])
                     cursor += cfg.gradient_accumulation_steps
@@ -890,8 +913,10 @@ class Trainer:
                         window_tokens, window_start = 0, now
                         result.losses.append((iter_num, loss))
                         if sinks:
-                            sinks.log(iter_num, {"loss": loss, "lr": lr, "tokens_per_s": tps,
-                                                 "tokens_seen": tokens_seen})
+                            row = {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens_seen": tokens_seen}
+                            if guide is not None:
+                                row["guided_attn"] = guide.last
+                            sinks.log(iter_num, row)
                         if bar is not None:
                             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
                     iter_num += 1
