@@ -22,6 +22,12 @@ CODEC=${CODEC:-$VOICE_DIR/codec_sem}
 DEC=${DEC:-$VOICE_DIR/decoder}
 SEMANTIC=$VOICE_DIR/semantic
 CODEC_MILESTONE=${CODEC_MILESTONE:-voice/milestones/codec}  # the evaluated codec that probes and the bundle use
+# the working codec when this machine trained one, else the committed milestone (same encoder and codebook)
+if [ -f "$CODEC/config.yaml" ]; then
+  CODEC_ARGS=(--wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt")
+else
+  CODEC_ARGS=(--bundle "$CODEC_MILESTONE")
+fi
 stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|probe|export|eval}
 shift || true
 case "$stage" in
@@ -44,14 +50,13 @@ case "$stage" in
       --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 45 --export_every 500 \
       "${init[@]}" "${extra[@]}" "$@" ;;
   tokenize)
-    exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" \
-      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" "$@" ;;
+    exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --threads "$THREADS" \
+      "${CODEC_ARGS[@]}" "$@" ;;
   decoder)
     # resume the full checkpoint; without one, INIT=llmvox/voices/default warm-starts from the shipped voice
     init=(--init_from=scratch)
     if [ -f "$DEC/ckpt.pt" ]; then init=(--init_from=resume); elif [ -n "${INIT:-}" ]; then init=(--init_from="$INIT"); fi
-    exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" \
-      --wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt" \
+    exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" "${CODEC_ARGS[@]}" \
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
       --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
