@@ -7,6 +7,8 @@
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
 #                             GUIDED=L.H,... guides those heads to read the text in order)
+#   voice/build.sh pack_codes the tokenised corpus -> voice/milestones/corpus_codes.tar.xz (4 MB: a fresh
+#                             machine trains the decoder at once, without synth + tokenize, ~30 min)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
 #   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
 #   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
@@ -22,13 +24,14 @@ CODEC=${CODEC:-$VOICE_DIR/codec_sem}
 DEC=${DEC:-$VOICE_DIR/decoder}
 SEMANTIC=$VOICE_DIR/semantic
 CODEC_MILESTONE=${CODEC_MILESTONE:-voice/milestones/codec}  # the evaluated codec that probes and the bundle use
+CODES_MILESTONE=voice/milestones/corpus_codes.tar.xz  # the corpus tokenised with that codec
 # the working codec when this machine trained one, else the committed milestone (same encoder and codebook)
 if [ -f "$CODEC/config.yaml" ]; then
   CODEC_ARGS=(--wav_config_path "$CODEC/config.yaml" --wav_model_path "$CODEC/wavtokenizer.ckpt")
 else
   CODEC_ARGS=(--bundle "$CODEC_MILESTONE")
 fi
-stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|decoder|probe|export|eval}
+stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|pack_codes|decoder|probe|export|eval}
 shift || true
 case "$stage" in
   synth)
@@ -52,10 +55,17 @@ case "$stage" in
   tokenize)
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --threads "$THREADS" \
       "${CODEC_ARGS[@]}" "$@" ;;
+  pack_codes)
+    exec tar -C "$VOICE_DIR" --exclude=.lock -cJf "$CODES_MILESTONE" cache ;;
   decoder)
     # resume the full checkpoint; without one, INIT=llmvox/voices/default warm-starts from the shipped voice
     init=(--init_from=scratch)
     if [ -f "$DEC/ckpt.pt" ]; then init=(--init_from=resume); elif [ -n "${INIT:-}" ]; then init=(--init_from="$INIT"); fi
+    # a fresh machine without the corpus trains on the committed tokenised corpus
+    if [ ! -f "$DATA" ] && [ ! -d "$VOICE_DIR/cache" ] && [ -f "$CODES_MILESTONE" ]; then
+      mkdir -p "$VOICE_DIR" && tar -C "$VOICE_DIR" -xJf "$CODES_MILESTONE"
+    fi
+    [ -f "$DATA" ] || DATA=$VOICE_DIR/cache
     exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" "${CODEC_ARGS[@]}" \
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
@@ -67,10 +77,10 @@ case "$stage" in
     step=$($PY -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=True, mmap=True)['iter_num'])" \
       "$VOICE_DIR/probe/ckpt.pt")
     $PY -m llmvox convert --llmvox_checkpoint_path "$VOICE_DIR/probe/ckpt.pt" --codec "$CODEC_MILESTONE" \
-      --out "$VOICE_DIR/probe/step_$step" --dtype bfloat16
+      --out "$VOICE_DIR/probe/${PROBE_TAG:-}step_$step" --dtype bfloat16
     exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --limit "${LIMIT:-40}" \
-      --bundle "$VOICE_DIR/probe/step_$step" --json "voice/probe/decoder_step_$step.json" \
-      --wav_dir "$VOICE_DIR/probe/step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
+      --bundle "$VOICE_DIR/probe/${PROBE_TAG:-}step_$step" --json "voice/probe/decoder_${PROBE_TAG:-}step_$step.json" \
+      --wav_dir "$VOICE_DIR/probe/${PROBE_TAG:-}step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
   export)
     # the decoder's latest checkpoint + the committed (evaluated) codec milestone -> the shipped bundle
     exec $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "$CODEC_MILESTONE" \
