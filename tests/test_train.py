@@ -583,3 +583,8 @@ def test_guided_attention_trains_the_named_heads_toward_the_text_diagonal(world,
     assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "bad"), "--max_iters", "1",
                  *TINY, "--val_fraction", "0", "--guided_attn_heads", "2.0"]) == 2
     assert "--guided_attn_heads 2.0: the decoder has 2 layers of 2 heads" in capsys.readouterr().err
+    for bad, message in ((["--guided_attn_sigma", "0"], "--guided_attn_sigma > 0"),
+                         (["--compile"], "does not work with --compile")):
+        assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "bad"), "--max_iters",
+                     "1", *TINY, "--val_fraction", "0", "--guided_attn_heads", "1.0", *bad]) == 2
+        assert message in capsys.readouterr().err

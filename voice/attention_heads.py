@@ -16,7 +16,7 @@ import torch
 from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.model.speech_decoder import SpeechDecoder
 from llmvox.text.tokenizer import PAD_ID
-from llmvox.train.alignment import GuidedAttention, guide_weights, head_attention
+from llmvox.train.alignment import GuidedAttention, guide_weights
 from llmvox.train.batching import IGNORE_INDEX, make_batch
 from llmvox.train.cache import CodeCache
 from llmvox.train.trainer import is_validation_id, read_training_checkpoint
@@ -49,7 +49,7 @@ def main(ckpt_path: str, cache_dir: str = "/work/cache/voice/cache", n: int = 32
             is_text = (batch.text_ids != PAD_ID).float()[:, None, None, :]
             real = (batch.targets != IGNORE_INDEX).float()[:, None, :]
             for layer in range(config.n_layer):
-                probs = head_attention(gpt, layer, guide._inputs.pop(layer), list(range(config.n_head)))
+                probs = guide.attention(layer)
                 penalty[layer] += (probs * weights[:, None]).sum((0, 2, 3)).numpy()
                 on_text[layer] += ((probs * is_text).sum(-1) * real).sum((0, 2)).numpy()
             steps += int(num_steps.sum())

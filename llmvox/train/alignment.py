@@ -103,13 +103,16 @@ class GuidedAttention:
             self._inputs[layer] = args[0]
         return keep
 
+    def attention(self, layer: int) -> Tensor:
+        """Probabilities (B, heads, T, T) of `layer`'s guided heads in the last recorded forward pass."""
+        return head_attention(self.gpt, layer, self._inputs.pop(layer), self.by_layer[layer])
+
     def loss(self, text_ids: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         """Mean off-diagonal attention mass of the guided heads over the real audio steps."""
         num_steps = (targets != ignore_index).sum(1)
         weights = guide_weights(text_ids, num_steps, self.sigma)
         real = (num_steps.sum() * sum(len(h) for h in self.by_layer.values())).clamp(min=1)
         total = torch.zeros((), device=text_ids.device)
-        for layer, heads in self.by_layer.items():
-            probs = head_attention(self.gpt, layer, self._inputs.pop(layer), heads)
-            total = total + (probs * weights[:, None]).sum()
+        for layer in self.by_layer:
+            total = total + (self.attention(layer) * weights[:, None]).sum()
         return total / real

@@ -530,6 +530,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise LLMVoXError("--dropout must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise LLMVoXError("--learning_rate must be positive")
+    if cfg.guided_attn_heads:
+        if cfg.guided_attn_weight < 0 or cfg.guided_attn_sigma <= 0:
+            raise LLMVoXError("--guided_attn_weight must be >= 0 and --guided_attn_sigma > 0")
+        if cfg.compile:
+            raise LLMVoXError("--guided_attn_heads does not work with --compile (its hooks would be compiled away)")
     if not cfg.data_path:
         raise LLMVoXError("--data_path is required (a dataset JSON or a tokenised cache folder)")
     parse_text_table_source(cfg)
