@@ -588,3 +588,34 @@ def test_guided_attention_trains_the_named_heads_toward_the_text_diagonal(world,
         assert main(["train", "--data_path", str(world["cache"]), "--out_dir", str(tmp_path / "bad"), "--max_iters",
                      "1", *TINY, "--val_fraction", "0", "--guided_attn_heads", "1.0", *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_phoneme_ctc_trains_a_head_kept_outside_the_model_and_resumes_exactly(world, tmp_path, capsys):
+    pytest.importorskip("hibari")
+    common = ["train", "--data_path", str(world["cache"]), *TINY, "--batch_size", "4", "--learning_rate", "3e-3",
+              "--warmup_iters", "5", "--lr_decay_iters", "40", "--val_fraction", "0", "--log_interval", "5",
+              "--dtype", "float32", "--eval_interval", "0", "--phoneme_ctc_weight", "1", "--phoneme_ctc_layer", "0"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*common, "--out_dir", str(full), "--max_iters", "40"]) == 0
+    assert "phoneme CTC on layer 0 (weight 1.0)" in capsys.readouterr().err
+    ctc = [r["phoneme_ctc"] for r in read_log(full / "train_log.jsonl") if "loss" in r]
+    assert 0 < ctc[-1] < 0.5 * ctc[0]
+    ckpt = torch.load(full / "ckpt.pt", weights_only=True)
+    assert ckpt["phoneme_ctc"]["layer"] == 0 and "weight" in ckpt["phoneme_ctc"]["head"]
+    assert not any("phoneme" in k or "ctc" in k for k in ckpt["model"])  # the decoder's format is unchanged
+    # stop at 20, resume to 40: the same model and head as the uninterrupted run
+    assert main([*common, "--out_dir", str(part), "--max_iters", "20"]) == 0
+    assert main([*common, "--out_dir", str(part), "--max_iters", "40", "--init_from", "resume"]) == 0
+    assert "head resumed" in capsys.readouterr().err
+    resumed = torch.load(part / "ckpt.pt", weights_only=True)
+    for a, b in ((ckpt["model"], resumed["model"]), (ckpt["phoneme_ctc"]["head"], resumed["phoneme_ctc"]["head"])):
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # a different layer cannot continue that head; bad flags are one-line errors
+    assert main([*common, "--out_dir", str(part), "--max_iters", "41", "--init_from", "resume",
+                 "--phoneme_ctc_layer", "1"]) == 2
+    assert "reads layer 0, not 1" in capsys.readouterr().err
+    for bad, message in ((["--phoneme_ctc_weight", "-1"], "--phoneme_ctc_weight must be >= 0"),
+                         (["--compile"], "does not work with --compile"),
+                         (["--phoneme_ctc_layer", "2"], "the decoder has layers 0..1")):
+        assert main([*common, "--out_dir", str(tmp_path / "bad"), "--max_iters", "1", *bad]) == 2
+        assert message in capsys.readouterr().err

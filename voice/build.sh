@@ -6,7 +6,8 @@
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
-#                             GUIDED=L.H,... guides those heads to read the text in order)
+#                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W adds the
+#                             phoneme CTC target with weight W)
 #   voice/build.sh pack_codes the tokenised corpus -> voice/milestones/corpus_codes.tar.xz (4 MB: a fresh
 #                             machine trains the decoder at once, without synth + tokenize, ~30 min)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
@@ -70,7 +71,8 @@ case "$stage" in
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
       --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
-      --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} "${init[@]}" "$@" ;;
+      --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} \
+      ${CTC:+--phoneme_ctc_weight="$CTC"} "${init[@]}" "$@" ;;
   probe)
     mkdir -p "$VOICE_DIR/probe" voice/probe
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile

@@ -62,6 +62,9 @@ _HELP: dict[str, str] = {
                          "text in order (training only; the checkpoint format is unchanged)",
     "guided_attn_weight": "weight of the guided-attention loss (default 1.0)",
     "guided_attn_sigma": "width of the guided diagonal, as a fraction of the sentence (default 0.2)",
+    "phoneme_ctc_weight": "> 0: a training-only CTC head must spell the teacher's phonemes (hibari g2p) from "
+                          "the decoder's states: a pronunciation target (default 0 = off)",
+    "phoneme_ctc_layer": "the layer whose output the phoneme CTC head reads (default: the middle one)",
     "bucket_window": "length bucketing: sort within windows of this many batches (default 64)",
     "eval_interval": "held-out eval + checkpoint every N steps (default 500)",
     "eval_iters": "held-out batches per eval (0 = all; default 20)",

@@ -23,6 +23,7 @@ from torch import Tensor
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT
 from llmvox.text.tokenizer import PAD_ID
+from llmvox.train.batching import IGNORE_INDEX, Batch
 
 
 def parse_heads(spec: str | None, n_layer: int, n_head: int) -> list[tuple[int, int]]:
@@ -106,6 +107,10 @@ class GuidedAttention:
     def attention(self, layer: int) -> Tensor:
         """Probabilities (B, heads, T, T) of `layer`'s guided heads in the last recorded forward pass."""
         return head_attention(self.gpt, layer, self._inputs.pop(layer), self.by_layer[layer])
+
+    def batch_loss(self, batch: Batch) -> Tensor:
+        """The loss of the batch's recorded forward pass."""
+        return self.loss(batch.text_ids, batch.targets, IGNORE_INDEX)
 
     def loss(self, text_ids: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         """Mean off-diagonal attention mass of the guided heads over the real audio steps."""

@@ -97,6 +97,7 @@ class Batch:
     text_ids: torch.Tensor
     prev_codes: torch.Tensor
     targets: torch.Tensor
+    rows: np.ndarray | None = None  # which utterances (data set indices), for per-utterance training targets
 
     @property
     def num_targets(self) -> int:
@@ -105,7 +106,7 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         nb = torch.device(device).type == "cuda"
         return Batch(self.text_ids.to(device, non_blocking=nb), self.prev_codes.to(device, non_blocking=nb),
-                     self.targets.to(device, non_blocking=nb))
+                     self.targets.to(device, non_blocking=nb), self.rows)
 
 
 def make_batch(codes: list[np.ndarray], texts: list[np.ndarray], *, max_len: int, eoa_id: int) -> Batch:

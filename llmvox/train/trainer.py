@@ -37,11 +37,11 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ from llmvox.train.batching import (
     make_batch,
     sequence_lengths,
 )
+from llmvox.train.phonemes import PhonemeCTC, phoneme_table, text_of
 
 log = logging.getLogger("llmvox.train")
 
@@ -124,6 +125,8 @@ class TrainConfig:
     guided_attn_heads: str | None = None  # 'LAYER.HEAD,...': heads taught to read the text in order
     guided_attn_weight: float = 1.0
     guided_attn_sigma: float = 0.2
+    phoneme_ctc_weight: float = 0.0  # > 0: a training-only CTC head must spell the teacher's phonemes
+    phoneme_ctc_layer: int | None = None  # whose hidden states it reads (default: the middle layer)
     # evaluation, checkpoints, logs
     eval_interval: int = 500
     eval_iters: int = 20
@@ -200,41 +203,71 @@ def micro_batch_loss(model: nn.Module, batch: Batch, ctx: contextlib.AbstractCon
     return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
+class AuxiliaryLoss(Protocol):
+    """A training-only loss computed from what a forward pass recorded (GuidedAttention, PhonemeCTC)."""
+
+    weight: float
+    last: float | None
+
+    def recording(self) -> contextlib.AbstractContextManager: ...
+
+    def batch_loss(self, batch: Batch) -> torch.Tensor: ...
+
+
 def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler, batches: list[Batch], ctx: contextlib.AbstractContextManager,
-                   grad_clip: float, guide: GuidedAttention | None = None) -> float:
+                   grad_clip: float, aux: Sequence[AuxiliaryLoss] = (),
+                   aux_optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
     """One optimizer step over `batches` (gradient accumulation); returns the mean micro-batch loss.
 
-    With a DDP `model`, gradients are synchronised on the last micro-batch only. A `guide` adds its
-    weighted guided-attention loss to the gradient (the returned loss stays the cross-entropy; the
-    guide keeps its own mean in `guide.last`).
+    With a DDP `model`, gradients are synchronised on the last micro-batch only. Each `aux` loss
+    (guided attention, phoneme CTC) adds its weighted value to the gradient; the returned loss stays
+    the cross-entropy and each keeps its own mean in `.last`. `aux_optimizers` train the aux losses'
+    own parameters (outside the DDP module: their gradients are averaged here).
     """
     total = torch.zeros(())
-    guided = torch.zeros(())
+    extras = [torch.zeros(()) for _ in aux]
     n = len(batches)
     for i, batch in enumerate(batches):
         sync = i == n - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            if guide is None:
+            with contextlib.ExitStack() as recording:
+                for a in aux:
+                    recording.enter_context(a.recording())
                 loss = micro_batch_loss(model, batch, ctx)
-                scaler.scale(loss / n).backward()
-            else:
-                with guide.recording():
-                    loss = micro_batch_loss(model, batch, ctx)
+            objective = loss
+            for k, a in enumerate(aux):
                 with ctx:
-                    extra = guide.loss(batch.text_ids, batch.targets, IGNORE_INDEX)
-                scaler.scale((loss + guide.weight * extra) / n).backward()
-                guided += extra.detach().float().cpu()
+                    extra = a.batch_loss(batch)
+                objective = objective + a.weight * extra
+                extras[k] += extra.detach().float().cpu()
+            scaler.scale(objective / n).backward()
         total += loss.detach().float().cpu()
-    if guide is not None:
-        guide.last = float(guided) / n
+    for a, extra in zip(aux, extras, strict=True):
+        a.last = float(extra) / n
+    aux_params = [p for o in aux_optimizers for g in o.param_groups for p in g["params"]]
+    _average_over_processes(aux_params)
     if grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
+        for o in (optimizer, *aux_optimizers):
+            scaler.unscale_(o)
+        torch.nn.utils.clip_grad_norm_([*params, *aux_params], grad_clip)
+    for o in (optimizer, *aux_optimizers):
+        scaler.step(o)
+        o.zero_grad(set_to_none=True)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
     return float(total) / n
+
+
+def _average_over_processes(params: list[nn.Parameter]) -> None:
+    import torch.distributed as dist
+
+    if not params or not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
 
 
 def random_text_table(rows: int, dim: int, target_norm: float, seed: int) -> torch.Tensor:
@@ -535,6 +568,10 @@ def validate_config(cfg: TrainConfig) -> None:
             raise LLMVoXError("--guided_attn_weight must be >= 0 and --guided_attn_sigma > 0")
         if cfg.compile:
             raise LLMVoXError("--guided_attn_heads does not work with --compile (its hooks would be compiled away)")
+    if cfg.phoneme_ctc_weight < 0:
+        raise LLMVoXError("--phoneme_ctc_weight must be >= 0")
+    if cfg.phoneme_ctc_weight > 0 and cfg.compile:
+        raise LLMVoXError("--phoneme_ctc_weight does not work with --compile (its hook would be compiled away)")
     if not cfg.data_path:
         raise LLMVoXError("--data_path is required (a dataset JSON or a tokenised cache folder)")
     parse_text_table_source(cfg)
@@ -781,8 +818,10 @@ class Trainer:
                                                           limit=cfg.eval_iters or None)] if len(val_idx) else []
 
         def batch_of(indices: np.ndarray) -> Batch:
-            return make_batch([cache.codes(int(i)) for i in indices], [cache.text_ids(int(i)) for i in indices],
-                              max_len=max_len, eoa_id=cache.eoa_id).to(device)
+            batch = make_batch([cache.codes(int(i)) for i in indices], [cache.text_ids(int(i)) for i in indices],
+                               max_len=max_len, eoa_id=cache.eoa_id)
+            batch.rows = indices
+            return batch.to(device)
 
         def train_batches(step_cursor: int) -> list[Batch]:
             first = step_cursor + env.rank * accum_local
@@ -795,6 +834,11 @@ class Trainer:
             guide = GuidedAttention(gpt, heads, sigma=cfg.guided_attn_sigma, weight=cfg.guided_attn_weight)
             self._info(f"guided attention on heads {cfg.guided_attn_heads} (weight {cfg.guided_attn_weight}, "
                        f"sigma {cfg.guided_attn_sigma})")
+        ctc, ctc_optimizer = None, None
+        if cfg.phoneme_ctc_weight > 0:
+            ctc, ctc_optimizer = self._phoneme_ctc(gpt, cache, max_len, ckpt if resumed else None, device)
+        aux = [a for a in (guide, ctc) if a is not None]
+        aux_optimizers = [ctc_optimizer] if ctc_optimizer is not None else []
         lr_decay_iters = cfg.lr_decay_iters or cfg.max_iters
 
         def lr_at(it: int) -> float:
@@ -868,6 +912,9 @@ class Trainer:
                         "wandb_run_id": sinks.wandb_id if sinks else None,
                     },
                 }
+                if ctc is not None:
+                    extra["phoneme_ctc"] = {"layer": ctc.layer, "head": ctc.head.state_dict(),
+                                            "optimizer": ctc_optimizer.state_dict()}
                 config = cfg.to_dict() | {"world_size": env.world_size, "vocab_size": gconf.vocab_size}
                 save_llmvox_checkpoint(self.ckpt_path, gpt, iter_num=it, optimizer=optimizer.state_dict(),
                                        config=config, extra=extra)
@@ -902,10 +949,12 @@ class Trainer:
                     if due and not (resumed and iter_num == start_iter):
                         eval_and_save(iter_num)
                     lr = lr_at(iter_num)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    for o in (optimizer, *aux_optimizers):
+                        for group in o.param_groups:
+                            group["lr"] = lr
                     batches = train_batches(cursor)
-                    loss = optimizer_step(model, params, optimizer, scaler, batches, ctx, cfg.grad_clip, guide)
+                    loss = optimizer_step(model, params, optimizer, scaler, batches, ctx, cfg.grad_clip, aux,
+                                          aux_optimizers)
                     step_tokens = int(self._all_reduce(torch.tensor([sum(b.num_targets for b in batches)],
                                                                     dtype=torch.float64))[0])
                     cursor += cfg.gradient_accumulation_steps
@@ -921,6 +970,8 @@ class Trainer:
                             row = {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens_seen": tokens_seen}
                             if guide is not None:
                                 row["guided_attn"] = guide.last
+                            if ctc is not None:
+                                row["phoneme_ctc"] = ctc.last
                             sinks.log(iter_num, row)
                         if bar is not None:
                             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
@@ -948,6 +999,30 @@ class Trainer:
             self.say(f"bundle written to {result.bundle}")
         self._barrier()
         return result
+
+    def _phoneme_ctc(self, gpt: GPT, cache, max_len: int, resumed: dict | None,
+                     device: torch.device) -> tuple[PhonemeCTC, torch.optim.Optimizer]:
+        """The phoneme CTC loss and its head's optimizer; a resumed run continues the saved head."""
+        cfg = self.cfg
+        layer = gpt.config.n_layer // 2 if cfg.phoneme_ctc_layer is None else cfg.phoneme_ctc_layer
+        saved = (resumed or {}).get("phoneme_ctc")
+        if saved and saved["layer"] != layer:
+            raise LLMVoXError(f"the checkpoint's phoneme CTC head reads layer {saved['layer']}, not {layer}")
+        start = time.perf_counter()
+        phonemes, vocab = phoneme_table([text_of(cache.text_ids(i)) for i in range(len(cache))])
+        complete = cache.code_lengths + 1 <= max_len
+        ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight)
+        ctc.head.to(device)
+        opt = torch.optim.AdamW(ctc.head.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                                eps=ADAM_EPS, weight_decay=0.0)
+        if saved:
+            ctc.head.load_state_dict(saved["head"])
+            opt.load_state_dict(saved["optimizer"])
+        counts = [len(p) for p in phonemes]
+        self._info(f"phoneme CTC on layer {layer} (weight {cfg.phoneme_ctc_weight}): {vocab} symbols, "
+                   f"{np.mean(counts):.0f} phonemes per utterance, {int(complete.sum())}/{len(cache)} scored; "
+                   f"g2p took {time.perf_counter() - start:.1f} s" + ("; head resumed" if saved else ""))
+        return ctc, opt
 
     # --- collectives (no-ops in one process) --------------------------------------------------------
 

@@ -1,0 +1,116 @@
+"""Phoneme CTC: a training-only target that teaches the decoder how the text it reads is pronounced.
+
+A small decoder trained on a few hours of speech learns where it is in a sentence long before it
+learns English spelling-to-sound from bytes: it says the right number of syllables with the wrong
+vowels. This loss gives it the pronunciation outright. A linear head reads the hidden states of one
+decoder layer at the audio steps and must spell out the sentence's phonemes with CTC (Graves et al.,
+2006); the phonemes come from the teacher's own g2p (the misaki g2p inside `hibari-tts`), so they are
+what the teacher actually said. Every audio state must then know which phone it is producing, which
+is both a pronunciation target and an alignment to what has been said so far (text always arrives
+before its speech, so the target is causal).
+
+The head lives only in training checkpoints (key `phoneme_ctc`); the decoder, its bundle and its
+inference are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llmvox.errors import LLMVoXError
+from llmvox.model.gpt import GPT
+from llmvox.text.tokenizer import BYTE_OFFSET
+from llmvox.train.batching import IGNORE_INDEX, Batch
+
+BLANK = 0  # the g2p's own padding id (never a phoneme) is CTC's blank
+
+
+def text_of(ids: Sequence[int]) -> str:
+    """The plain text of decoder text ids (byte ids only; chunk and sentence markers become spaces)."""
+    out = bytearray()
+    for i in ids:
+        i = int(i)
+        out.append(i - BYTE_OFFSET if BYTE_OFFSET <= i < BYTE_OFFSET + 256 else 0x20)
+    return " ".join(out.decode("utf-8", errors="replace").split())
+
+
+class G2P:
+    """Text -> phoneme ids with the teacher's g2p; ids are 1..vocab_size-1 (0 is the CTC blank)."""
+
+    def __init__(self) -> None:
+        try:
+            from hibari import Hibari
+        except ImportError:
+            raise LLMVoXError("the phoneme CTC target needs the teacher's g2p: pip install 'llmvox[train]' "
+                              "(hibari-tts)") from None
+        self._tts = Hibari()
+        self.vocab_size = max(self._tts.vocab.values()) + 1
+
+    def __call__(self, text: str) -> np.ndarray:
+        ids = self._tts.ids(" ".join(self._tts.phonemize(text))) if text.strip() else []
+        return np.array([i for i in ids if i != BLANK], dtype=np.int64)
+
+
+class PhonemeCTC:
+    """Records one layer's hidden states in a forward pass and scores them against the phonemes.
+
+    `phonemes[i]` are the target ids of cache utterance i; `complete[i]` is False when its sequence is
+    cropped (the speech of the cropped tail would be missing, so the utterance is not scored).
+    """
+
+    def __init__(self, gpt: GPT, layer: int, phonemes: list[np.ndarray], complete: np.ndarray, *,
+                 vocab_size: int, weight: float = 1.0) -> None:
+        if not 0 <= layer < gpt.config.n_layer:
+            raise LLMVoXError(f"--phoneme_ctc_layer {layer}: the decoder has layers 0..{gpt.config.n_layer - 1}")
+        self.gpt = gpt
+        self.layer = layer
+        self.phonemes = phonemes
+        self.complete = np.asarray(complete, dtype=bool)
+        self.weight = weight
+        self.head = nn.Linear(gpt.config.n_embd, vocab_size)
+        self.last: float | None = None  # mean loss of the latest optimizer step (for logs)
+        self._hidden: Tensor | None = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within this block, forward passes of the GPT keep the chosen layer's output."""
+        def keep(module, args, output):
+            self._hidden = output
+
+        hook = self.gpt.transformer.h[self.layer].register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    def batch_loss(self, batch: Batch) -> Tensor:
+        """Mean CTC loss (nats per phoneme) of the batch's recorded forward pass."""
+        if batch.rows is None:
+            raise RuntimeError("the phoneme CTC loss needs the batch's cache rows")
+        return self.loss(batch.rows, (batch.targets != IGNORE_INDEX).sum(1))
+
+    def loss(self, rows: np.ndarray, num_steps: Tensor) -> Tensor:
+        """Mean CTC loss of the recorded forward pass; rows are its cache indices, num_steps its real steps."""
+        hidden, self._hidden = self._hidden, None
+        if hidden is None:
+            raise RuntimeError("PhonemeCTC.loss needs a forward pass inside recording()")
+        keep = [k for k, r in enumerate(rows) if self.complete[r] and len(self.phonemes[r])]
+        if not keep:
+            return hidden.sum() * 0.0
+        index = torch.tensor(keep, device=hidden.device)
+        logp = F.log_softmax(self.head(hidden.index_select(0, index).float()), dim=-1).transpose(0, 1)
+        targets = [torch.from_numpy(self.phonemes[rows[k]]) for k in keep]
+        return F.ctc_loss(logp, torch.cat(targets).to(hidden.device), num_steps[index].cpu(),
+                          torch.tensor([len(t) for t in targets]), blank=BLANK, zero_infinity=True)
+
+
+def phoneme_table(texts: Sequence[str]) -> tuple[list[np.ndarray], int]:
+    """Phoneme ids of every text (the g2p costs ~1 ms a sentence) and the vocabulary size."""
+    g2p = G2P()
+    return [g2p(t) for t in texts], g2p.vocab_size
