@@ -593,13 +593,16 @@ def test_guided_attention_trains_the_named_heads_toward_the_text_diagonal(world,
 def test_phoneme_ctc_trains_a_head_kept_outside_the_model_and_resumes_exactly(world, tmp_path, capsys):
     pytest.importorskip("hibari")
     common = ["train", "--data_path", str(world["cache"]), *TINY, "--batch_size", "4", "--learning_rate", "3e-3",
-              "--warmup_iters", "5", "--lr_decay_iters", "40", "--val_fraction", "0", "--log_interval", "5",
-              "--dtype", "float32", "--eval_interval", "0", "--phoneme_ctc_weight", "1", "--phoneme_ctc_layer", "0"]
+              "--warmup_iters", "5", "--lr_decay_iters", "40", "--val_fraction", "0.3", "--log_interval", "5",
+              "--dtype", "float32", "--eval_interval", "20", "--phoneme_ctc_weight", "1", "--phoneme_ctc_layer", "0"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main([*common, "--out_dir", str(full), "--max_iters", "40"]) == 0
     assert "phoneme CTC on layer 0 (weight 1.0)" in capsys.readouterr().err
-    ctc = [r["phoneme_ctc"] for r in read_log(full / "train_log.jsonl") if "loss" in r]
+    log = read_log(full / "train_log.jsonl")
+    ctc = [r["phoneme_ctc"] for r in log if "loss" in r]
     assert 0 < ctc[-1] < 0.5 * ctc[0]
+    held_out = [r["val/phoneme_ctc"] for r in log if "val/loss" in r]
+    assert len(held_out) == 3 and held_out[-1] < held_out[0]
     ckpt = torch.load(full / "ckpt.pt", weights_only=True)
     assert ckpt["phoneme_ctc"]["layer"] == 0 and "weight" in ckpt["phoneme_ctc"]["head"]
     assert not any("phoneme" in k or "ctc" in k for k in ckpt["model"])  # the decoder's format is unchanged

@@ -846,23 +846,27 @@ class Trainer:
                           lr_decay_iters=lr_decay_iters, min_lr=cfg.min_lr, decay_lr=cfg.decay_lr)
 
         @torch.no_grad()
-        def evaluate() -> float | None:
+        def evaluate() -> tuple[float | None, float | None]:
+            """Held-out cross-entropy per step (and phoneme CTC per batch, when it is trained)."""
             if not val_batches:
-                return None
+                return None, None
             decoder.eval()
-            sums = torch.zeros(2, dtype=torch.float64)
+            sums = torch.zeros(4, dtype=torch.float64)
             for k, idx in enumerate(val_batches):
                 if k % env.world_size != env.rank:
                     continue
                 batch = batch_of(idx)
-                with ctx:
+                with ctx, ctc.recording() if ctc is not None else contextlib.nullcontext():
                     logits = decoder(batch.text_ids, batch.prev_codes)
                 sums[0] += F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(),
                                            ignore_index=IGNORE_INDEX, reduction="sum").double().cpu()
                 sums[1] += batch.num_targets
+                if ctc is not None:
+                    sums[2] += float(ctc.batch_loss(batch))
+                    sums[3] += 1
             decoder.train()
             sums = self._all_reduce(sums)
-            return float(sums[0] / sums[1])
+            return float(sums[0] / sums[1]), float(sums[2] / sums[3]) if sums[3] else None
 
         n_params = gpt.num_params()
         self._info(
@@ -873,7 +877,7 @@ class Trainer:
             f"{cfg.batch_size} x {cfg.gradient_accumulation_steps}; iter {iter_num} -> {cfg.max_iters}")
 
         if cfg.eval_only:
-            val = evaluate()
+            val, _ = evaluate()
             self._info(f"eval at iter {iter_num}: held-out loss {val if val is None else round(val, 4)}")
             return TrainResult(iter_num, self.ckpt_path, val_loss=val)
 
@@ -926,13 +930,15 @@ class Trainer:
 
         def eval_and_save(it: int) -> None:
             nonlocal best_val
-            val = evaluate()
+            val, val_ctc = evaluate()
             if val is not None:
                 result.val_loss = val
                 best_val = val if best_val is None else min(best_val, val)
+                row = {"val/loss": val} | ({"val/phoneme_ctc": val_ctc} if val_ctc is not None else {})
                 if sinks:
-                    sinks.log(it, {"val/loss": val})
-                self._info(f"iter {it}: held-out loss {val:.4f}")
+                    sinks.log(it, row)
+                ctc_note = f", phoneme CTC {val_ctc:.4f}" if val_ctc is not None else ""
+                self._info(f"iter {it}: held-out loss {val:.4f}{ctc_note}")
             save(it)
 
         bar = None
