@@ -172,6 +172,32 @@ def test_cache_is_incremental_resumable_and_one_codec_only(world, tmp_path):
         cache.check_codec(codec_fingerprint(other))
 
 
+def test_worker_processes_fill_the_same_cache_as_one_process(world, tmp_path, capsys):
+    from llmvox.train.cache import CodeCache
+
+    entries = json.loads(world["data"].read_text())
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SR // 2, np.float32), SR)
+    entries.insert(3, {"speech_folder": str(tmp_path), "speech_file": "silent.wav", "answer_text": "hush.", "id": "q"})
+    for e in entries:
+        e["speech_folder"] = str(world["data"].parent / e["speech_folder"]) if e["id"] != "q" else e["speech_folder"]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(entries))
+    cache_dir = tmp_path / "cache"
+    assert main(["data", "tokenize", "--data_path", str(data), "--cache_dir", str(cache_dir), *codec_args(world),
+                 "--no_progress", "--workers", "2", "--shard_size", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["encoded_now"] == 8 and report["problems_by_kind"] == {"silent_audio": 1}
+    one, many = CodeCache(world["cache"]), CodeCache(cache_dir)
+    assert many.ids == one.ids  # dataset order, the silent entry left out
+    for i in range(len(one)):
+        np.testing.assert_array_equal(many.codes(i), one.codes(i))
+        np.testing.assert_array_equal(many.text_ids(i), one.text_ids(i))
+    assert main(["data", "tokenize", "--data_path", str(data), "--cache_dir", str(cache_dir), *codec_args(world),
+                 "--no_progress", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
 def test_every_invalid_entry_kind_gets_its_error(world, tmp_path, capsys):
     folder = tmp_path / "bad"
     wavs = folder / "wavs"

@@ -37,7 +37,7 @@ shift || true
 case "$stage" in
   synth)
     exec $PY -m llmvox data synth --out_dir "$VOICE_DIR/data" --teacher hibari --seed 0 --threads "$THREADS" \
-      --num_sentences 18000 --num_prompts "${NUM_PROMPTS:-1300}" "$@" ;;
+      --num_sentences 54000 --num_prompts "${NUM_PROMPTS:-1300}" "$@" ;;
   semantic)
     exec $PY -m llmvox codec semantic --data_path "$DATA" --out_dir "$SEMANTIC" --threads "$THREADS" "$@" ;;
   codec|codec_b)
@@ -54,7 +54,7 @@ case "$stage" in
       --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 45 --export_every 500 \
       "${init[@]}" "${extra[@]}" "$@" ;;
   tokenize)
-    exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --threads "$THREADS" \
+    exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --threads 1 --workers "${WORKERS:-$THREADS}" \
       "${CODEC_ARGS[@]}" "$@" ;;
   pack_codes)
     exec tar -C "$VOICE_DIR" --exclude=.lock -cJf "$CODES_MILESTONE" cache ;;

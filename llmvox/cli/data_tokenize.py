@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              help="bad entries: skip and list them in DIR/problems.json (default), or stop at the first")
     add_flag(p, "shard_size", type=int, default=1000, help="utterances per shard (default 1000)")
     add_flag(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_flag(p, "workers", type=int, default=1,
+             help="encoding processes of one thread each (default 1); the codec's LSTM keeps one core "
+                  "busy however many threads it has, so N workers encode ~N times faster on N cores")
     add_flag(p, "no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_tokenize)
 
@@ -50,10 +53,13 @@ def run_tokenize(args: argparse.Namespace) -> int:
     codec, source = load_codec_source(args.wav_config_path, args.wav_model_path, args.bundle)
     if codec is None:
         raise LLMVoXError("give the codec: --wav_config_path and --wav_model_path, or --bundle DIR")
-    codec.to(resolve_train_device(args.device))
+    device = resolve_train_device(args.device)
+    if args.workers > 1 and device.type != "cpu":
+        raise LLMVoXError("--workers is for CPU encoding; on a GPU one process is the fast way")
+    codec.to(device)
     report = tokenize_dataset(args.data_path, args.cache_dir, codec, codec_source=source or "",
                               on_error=args.on_error, speech_data_folder=args.speech_data_folder,
                               shard_size=args.shard_size, progress=not args.no_progress,
-                              log_fn=lambda s: print(s, file=sys.stderr))
+                              log_fn=lambda s: print(s, file=sys.stderr), workers=args.workers)
     print(json.dumps(report, indent=1))
     return 0

@@ -48,7 +48,7 @@ from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, TEXT_VOCAB_SIZE, enco
 
 if TYPE_CHECKING:
     from llmvox.codec.wavtokenizer import WavTokenizer
-    from llmvox.train.dataset import Entry
+    from llmvox.train.dataset import Entry, Problem
 
 log = logging.getLogger("llmvox.cache")
 
@@ -414,22 +414,25 @@ def tokenize_dataset(
     flush_seconds: float = 120.0,
     progress: bool = True,
     log_fn: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Encode every valid entry of a dataset JSON into `cache_dir` (only the ones not stored yet).
+
+    `workers` > 1 encodes in that many processes of one thread each (the codec's LSTM uses one core
+    however many threads it gets); this process still writes every shard, in dataset order.
 
     Returns a report: counts, hours, problems by kind. Bad entries are skipped and listed in
     problems.json (`on_error="skip"`) or stop the run with an LLMVoXError naming the first one
     (`on_error="fail"`, after saving what was encoded).
     """
-    import torch
-
-    from llmvox.audio import is_silent, load_audio
-    from llmvox.train.dataset import Problem, load_dataset_json, write_problem_report
+    from llmvox.train.dataset import load_dataset_json, write_problem_report
 
     say = log_fn or log.info
     folder = Path(cache_dir)
     if shard_size < 1:
         raise LLMVoXError("--shard_size must be at least 1")
+    if workers < 1:
+        raise LLMVoXError("--workers must be at least 1")
     entries, problems = load_dataset_json(data_path, on_error, speech_data_folder=speech_data_folder)
     start = time.perf_counter()
     with _locked(folder):
@@ -446,36 +449,15 @@ def tokenize_dataset(
         last_flush = time.perf_counter()
         bar = _progress(len(todo), progress)
         try:
-            for entry, key in todo:
-                problem = None
-                try:
-                    audio = load_audio(entry.audio_path, target_rate=codec.sample_rate)
-                except LLMVoXError as exc:
-                    problem = Problem(-1, entry.id, "unreadable_audio", str(exc))
-                if problem is None and is_silent(audio):
-                    problem = Problem(-1, entry.id, SILENT_AUDIO, f"audio is silent: {entry.audio_path}")
-                if problem is None:
-                    try:
-                        with torch.inference_mode():
-                            codes = codec.encode(torch.from_numpy(audio)[None])[0].cpu().numpy()
-                    except (RuntimeError, ValueError) as exc:
-                        problem = Problem(-1, entry.id, ENCODE_FAILED, f"codec could not encode "
-                                          f"{entry.audio_path}: {str(exc).splitlines()[0][:160]}")
-                if problem is None:
-                    codes = codes[codes != EOA_ID]
-                    text = text_ids_for(entry.answer_text)
-                    if len(text) > len(codes) + 1:
-                        problem = Problem(-1, entry.id, TEXT_LONGER_THAN_AUDIO,
-                                          f"the text has {len(text)} ids but the audio only {len(codes) + 1} "
-                                          f"decoder steps ({len(audio) / codec.sample_rate:.2f} s): audio "
-                                          "truncated or not this text?")
+            for (entry, key), (problem, encoded) in zip(todo, _encode_all([e for e, _ in todo], codec, workers),
+                                                        strict=True):
                 if problem is not None:
                     problems.append(problem)
                     bad_keys.add(key)
                     if on_error == "fail":
                         raise LLMVoXError(f"dataset {data_path}: {problem}")
                 else:
-                    seconds = len(audio) / codec.sample_rate
+                    codes, text, seconds = encoded
                     writer.add(entry.id, key, codes, text, seconds)
                     encoded_seconds += seconds
                 if len(writer) >= shard_size or (len(writer) and time.perf_counter() - last_flush > flush_seconds):
@@ -511,6 +493,68 @@ def tokenize_dataset(
     if len(problems) > 20:
         say(f"... and {len(problems) - 20} more skipped entries, all listed in {folder / PROBLEMS_FILE}")
     return report
+
+
+Encoded = tuple[np.ndarray, list[int], float]  # codes (EOA removed), text ids, seconds of audio
+
+
+def encode_entry(entry: Entry, codec: WavTokenizer) -> tuple[Problem | None, Encoded | None]:
+    """One utterance's codes and text ids, or the problem that keeps it out of the cache."""
+    import torch
+
+    from llmvox.audio import is_silent, load_audio
+    from llmvox.train.dataset import Problem
+
+    try:
+        audio = load_audio(entry.audio_path, target_rate=codec.sample_rate)
+    except LLMVoXError as exc:
+        return Problem(-1, entry.id, "unreadable_audio", str(exc)), None
+    if is_silent(audio):
+        return Problem(-1, entry.id, SILENT_AUDIO, f"audio is silent: {entry.audio_path}"), None
+    try:
+        with torch.inference_mode():
+            codes = codec.encode(torch.from_numpy(audio)[None])[0].cpu().numpy()
+    except (RuntimeError, ValueError) as exc:
+        return Problem(-1, entry.id, ENCODE_FAILED, f"codec could not encode {entry.audio_path}: "
+                       f"{str(exc).splitlines()[0][:160]}"), None
+    codes = codes[codes != EOA_ID]
+    text = text_ids_for(entry.answer_text)
+    if len(text) > len(codes) + 1:
+        return Problem(-1, entry.id, TEXT_LONGER_THAN_AUDIO,
+                       f"the text has {len(text)} ids but the audio only {len(codes) + 1} decoder steps "
+                       f"({len(audio) / codec.sample_rate:.2f} s): audio truncated or not this text?"), None
+    return None, (codes, text, len(audio) / codec.sample_rate)
+
+
+_worker_codec: WavTokenizer | None = None
+
+
+def _start_worker(codec: WavTokenizer) -> None:
+    import torch
+
+    global _worker_codec
+    torch.set_num_threads(1)
+    _worker_codec = codec
+
+
+def _encode_in_worker(entry: Entry) -> tuple[Problem | None, Encoded | None]:
+    assert _worker_codec is not None
+    return encode_entry(entry, _worker_codec)
+
+
+def _encode_all(entries: list[Entry], codec: WavTokenizer,
+                workers: int) -> Iterator[tuple[Problem | None, Encoded | None]]:
+    """encode_entry over the entries, in order; in `workers` fresh processes when more than one."""
+    if workers <= 1 or len(entries) < 2:
+        for entry in entries:
+            yield encode_entry(entry, codec)
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_start_worker, initargs=(codec,)) as pool:
+        yield from pool.imap(_encode_in_worker, entries, chunksize=4)
 
 
 def _progress(total: int, enabled: bool):
