@@ -4,7 +4,7 @@
 #   voice/build.sh semantic   Whisper-base encoder features of the corpus (targets of the codec's semantic loss)
 #   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
-#   voice/build.sh tokenize   encode the corpus once with the (frozen) codec
+#   voice/build.sh tokenize   encode the corpus once with the (frozen) codec (WORKERS processes, default THREADS)
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
 #                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W adds the
 #                             phoneme CTC target with weight W)
