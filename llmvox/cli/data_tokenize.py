@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_flag(p, "workers", type=int, default=1,
              help="encoding processes of one thread each (default 1); the codec's LSTM keeps one core "
-                  "busy however many threads it has, so N workers encode ~N times faster on N cores")
+                  "busy however many threads it has, so more cores need more processes")
     add_flag(p, "no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_tokenize)
 
