@@ -506,10 +506,14 @@ def test_resume_after_sigint_reproduces_the_uninterrupted_run(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(world, tmp_path):
+@pytest.mark.parametrize("aux", [(), ("--phoneme_ctc_weight", "1", "--phoneme_ctc_layer", "0")],
+                         ids=["decoder", "with_phoneme_ctc"])
+def test_two_process_ddp_matches_one_process(world, tmp_path, aux):
+    if aux:
+        pytest.importorskip("hibari")
     common = ["--data_path", str(world["cache"]), "--max_iters", "6", *TINY, "--batch_size", "2",
               "--gradient_accumulation_steps", "4", "--learning_rate", "3e-3", "--warmup_iters", "2",
-              "--eval_interval", "3", "--log_interval", "1", "--val_fraction", "0.2", "--dtype", "float32"]
+              "--eval_interval", "3", "--log_interval", "1", "--val_fraction", "0.2", "--dtype", "float32", *aux]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -523,9 +527,15 @@ def test_two_process_ddp_matches_one_process(world, tmp_path):
     for key in b["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a["text_embedding"], b["text_embedding"], rtol=1e-5, atol=1e-6)
+    if aux:  # the head outside the model gets the same averaged gradient as the model
+        for key in b["phoneme_ctc"]["head"]:
+            torch.testing.assert_close(a["phoneme_ctc"]["head"][key], b["phoneme_ctc"]["head"][key],
+                                       rtol=1e-5, atol=1e-6)
     la = [r for r in read_log(ddp / "train_log.jsonl") if "loss" in r]
     lb = [r for r in read_log(single / "train_log.jsonl") if "loss" in r]
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-5)
+    if aux:  # logged as the mean over both processes' micro-batches, like the loss
+        assert [r["phoneme_ctc"] for r in la] == pytest.approx([r["phoneme_ctc"] for r in lb], rel=1e-4)
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ class PhonemeCTC:
     """
 
     def __init__(self, gpt: GPT, layer: int, phonemes: list[np.ndarray], complete: np.ndarray, *,
-                 vocab_size: int, weight: float = 1.0) -> None:
+                 vocab_size: int, weight: float = 1.0, seed: int = 0) -> None:
         if not 0 <= layer < gpt.config.n_layer:
             raise LLMVoXError(f"--phoneme_ctc_layer {layer}: the decoder has layers 0..{gpt.config.n_layer - 1}")
         self.gpt = gpt
@@ -73,7 +73,11 @@ class PhonemeCTC:
         self.phonemes = phonemes
         self.complete = np.asarray(complete, dtype=bool)
         self.weight = weight
-        self.head = nn.Linear(gpt.config.n_embd, vocab_size)
+        # seeded apart from the process RNG: every DDP rank must start the head the same (it is not
+        # inside the DDP module, so nothing broadcasts it)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = nn.Linear(gpt.config.n_embd, vocab_size)
         self.last: float | None = None  # mean loss of the latest optimizer step (for logs)
         self._hidden: Tensor | None = None
 

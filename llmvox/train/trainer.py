@@ -967,17 +967,17 @@ class Trainer:
                     tokens_seen += step_tokens
                     window_tokens += step_tokens
                     if cfg.log_interval and iter_num % cfg.log_interval == 0:
-                        loss = float(self._all_reduce(torch.tensor([loss], dtype=torch.float64))[0]) / env.world_size
+                        # the loss and the aux losses' means, over every process's micro-batches
+                        means = self._all_reduce(torch.tensor([loss, *(a.last for a in aux)], dtype=torch.float64))
+                        loss, *aux_means = (float(v) / env.world_size for v in means)
                         now = time.perf_counter()
                         tps = window_tokens / max(now - window_start, 1e-9)
                         window_tokens, window_start = 0, now
                         result.losses.append((iter_num, loss))
                         if sinks:
                             row = {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens_seen": tokens_seen}
-                            if guide is not None:
-                                row["guided_attn"] = guide.last
-                            if ctc is not None:
-                                row["phoneme_ctc"] = ctc.last
+                            for a, mean in zip(aux, aux_means, strict=True):
+                                row["guided_attn" if a is guide else "phoneme_ctc"] = mean
                             sinks.log(iter_num, row)
                         if bar is not None:
                             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
@@ -1017,7 +1017,8 @@ class Trainer:
         start = time.perf_counter()
         phonemes, vocab = phoneme_table([text_of(cache.text_ids(i)) for i in range(len(cache))])
         complete = cache.code_lengths + 1 <= max_len
-        ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight)
+        ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight,
+                         seed=cfg.seed)
         ctc.head.to(device)
         opt = torch.optim.AdamW(ctc.head.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                 eps=ADAM_EPS, weight_decay=0.0)
