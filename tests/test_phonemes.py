@@ -9,6 +9,7 @@ import torch
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.text.tokenizer import encode_chunk, encode_words
+from llmvox.train import phonemes as phonemes_module
 from llmvox.train.phonemes import BLANK, PhonemeCTC, phoneme_table, text_of
 
 pytest.importorskip("hibari")
@@ -30,6 +31,26 @@ def test_g2p_targets_follow_the_pronunciation_not_the_spelling():
     assert cough[-2:].tolist() == off[-2:].tolist()  # "-ough" and "-off" end on the same sounds
     (empty,), _ = phoneme_table([""])
     assert len(empty) == 0
+
+
+def test_phoneme_table_is_stored_and_reused_only_for_the_same_texts(tmp_path, monkeypatch):
+    store = tmp_path / "phonemes.npz"
+    texts = ["cat", "", "The quick brown fox."]
+    table, vocab = phoneme_table(texts, store=store)
+    assert store.exists()
+
+    def no_g2p():
+        raise AssertionError("the stored table should have been used")
+
+    with monkeypatch.context() as m:
+        m.setattr(phonemes_module, "G2P", no_g2p)
+        again, again_vocab = phoneme_table(texts, store=store)
+    assert again_vocab == vocab and [a.tolist() for a in again] == [t.tolist() for t in table]
+    # other texts are computed afresh (and replace the store); a corrupt store is recomputed too
+    other, _ = phoneme_table(["bat"], store=store)
+    assert other[0].tolist() == phoneme_table(["bat"])[0][0].tolist() != table[0].tolist()
+    store.write_bytes(b"not an npz")
+    assert [a.tolist() for a in phoneme_table(texts, store=store)[0]] == [t.tolist() for t in table]
 
 
 def _batch(steps: list[int], total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +97,13 @@ def test_cropped_and_empty_utterances_are_not_scored():
     x, steps = _batch([6, 6], 6)
     with ctc.recording():
         gpt.transformer.h[1](x)
-    assert float(ctc.loss(np.array([1, 2]), steps)) == 0.0  # nothing to score
+    assert float(ctc.loss(np.array([1, 2]), steps).detach()) == 0.0  # nothing to score
     with ctc.recording():
         gpt.transformer.h[1](x)
-    only_first = float(ctc.loss(np.array([0, 2]), steps))
+    only_first = float(ctc.loss(np.array([0, 2]), steps).detach())
     with ctc.recording():
         gpt.transformer.h[1](x[:1])
-    assert only_first == pytest.approx(float(ctc.loss(np.array([0]), steps[:1])), rel=1e-5)
+    assert only_first == pytest.approx(float(ctc.loss(np.array([0]), steps[:1]).detach()), rel=1e-5)
     with pytest.raises(RuntimeError, match="recording"):
         ctc.loss(np.array([0]), steps[:1])
     with pytest.raises(LLMVoXError, match="layers 0..1"):

@@ -16,7 +16,10 @@ inference are unchanged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from llmvox.text.tokenizer import BYTE_OFFSET
 from llmvox.train.batching import IGNORE_INDEX, Batch
 
 BLANK = 0  # the g2p's own padding id (never a phoneme) is CTC's blank
+PHONEME_TABLE_FILE = "phonemes.npz"  # the g2p's output for a run's corpus, next to its checkpoint
 
 
 def text_of(ids: Sequence[int]) -> str:
@@ -114,7 +118,40 @@ class PhonemeCTC:
                           torch.tensor([len(t) for t in targets]), blank=BLANK, zero_infinity=True)
 
 
-def phoneme_table(texts: Sequence[str]) -> tuple[list[np.ndarray], int]:
-    """Phoneme ids of every text (the g2p costs ~1 ms a sentence) and the vocabulary size."""
+def phoneme_table(texts: Sequence[str], store: Path | None = None) -> tuple[list[np.ndarray], int]:
+    """Phoneme ids of every text and the vocabulary size.
+
+    The g2p costs ~1 ms a sentence (a minute for a 50 h corpus), paid at every trainer start, so with
+    `store` the table is kept in that .npz, keyed by the texts and the g2p's version, and reused.
+    """
+    key = _table_key(texts)
+    if store is not None and store.exists():
+        try:
+            with np.load(store) as saved:
+                if str(saved["key"]) == key:
+                    return np.split(saved["ids"], saved["offsets"][1:-1]), int(saved["vocab_size"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: computed again and rewritten below
     g2p = G2P()
-    return [g2p(t) for t in texts], g2p.vocab_size
+    table = [g2p(t) for t in texts]
+    if store is not None:
+        offsets = np.cumsum([0, *(len(ids) for ids in table)])
+        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), ids=np.concatenate([np.zeros(0, np.int64), *table]), offsets=offsets,
+                     vocab_size=np.array(g2p.vocab_size))
+        os.replace(tmp, store)
+    return table, g2p.vocab_size
+
+
+def _table_key(texts: Sequence[str]) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        g2p_version = version("hibari-tts")
+    except PackageNotFoundError:
+        g2p_version = "unknown"
+    h = hashlib.sha256(g2p_version.encode())
+    for text in texts:
+        h.update(text.encode() + b"\0")
+    return h.hexdigest()

@@ -61,7 +61,7 @@ from llmvox.train.batching import (
     make_batch,
     sequence_lengths,
 )
-from llmvox.train.phonemes import PhonemeCTC, phoneme_table, text_of
+from llmvox.train.phonemes import PHONEME_TABLE_FILE, PhonemeCTC, phoneme_table, text_of
 
 log = logging.getLogger("llmvox.train")
 
@@ -1015,7 +1015,8 @@ class Trainer:
         if saved and saved["layer"] != layer:
             raise LLMVoXError(f"the checkpoint's phoneme CTC head reads layer {saved['layer']}, not {layer}")
         start = time.perf_counter()
-        phonemes, vocab = phoneme_table([text_of(cache.text_ids(i)) for i in range(len(cache))])
+        phonemes, vocab = phoneme_table([text_of(cache.text_ids(i)) for i in range(len(cache))],
+                                         store=self.out_dir / PHONEME_TABLE_FILE)
         complete = cache.code_lengths + 1 <= max_len
         ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight,
                          seed=cfg.seed)
