@@ -6,8 +6,8 @@
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec (WORKERS processes, default THREADS)
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
-#                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W adds the
-#                             phoneme CTC target with weight W)
+#                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W weighs the
+#                             phoneme CTC target, default 1, CTC=0 turns it off; MAX_ITERS=N, default 7000)
 #   voice/build.sh pack_codes the tokenised corpus -> voice/milestones/corpus_codes.tar.xz (4 MB: a fresh
 #                             machine trains the decoder at once, without synth + tokenize, ~30 min)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$T
 PY=.venv/bin/python
 DATA=$VOICE_DIR/data/data.json
 CODEC=${CODEC:-$VOICE_DIR/codec_sem}
-DEC=${DEC:-$VOICE_DIR/decoder}
+DEC=${DEC:-$VOICE_DIR/decoder_v3}  # v0.3's run (v0.2's was $VOICE_DIR/decoder)
 SEMANTIC=$VOICE_DIR/semantic
 CODEC_MILESTONE=${CODEC_MILESTONE:-voice/milestones/codec}  # the evaluated codec that probes and the bundle use
 CODES_MILESTONE=voice/milestones/corpus_codes.tar.xz  # the corpus tokenised with that codec
@@ -69,10 +69,10 @@ case "$stage" in
     [ -f "$DATA" ] || DATA=$VOICE_DIR/cache
     exec $PY -m llmvox train --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --out_dir "$DEC" "${CODEC_ARGS[@]}" \
       --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024 --init_text_table=random \
-      --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-20000}" \
-      --lr_decay_iters="${MAX_ITERS:-20000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
+      --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-7000}" \
+      --lr_decay_iters="${MAX_ITERS:-7000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
       --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} \
-      ${CTC:+--phoneme_ctc_weight="$CTC"} "${init[@]}" "$@" ;;
+      --phoneme_ctc_weight="${CTC:-1}" "${init[@]}" "$@" ;;
   probe)
     mkdir -p "$VOICE_DIR/probe" voice/probe
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile
