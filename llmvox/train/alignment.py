@@ -83,6 +83,7 @@ class GuidedAttention:
         self.sigma = sigma
         self.weight = weight
         self.last: float | None = None  # the mean loss of the latest optimizer step (for logs)
+        self.name = "guided_attn"
         self.by_layer: dict[int, list[int]] = {}
         for layer, head in heads:
             self.by_layer.setdefault(layer, []).append(head)

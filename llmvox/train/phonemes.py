@@ -83,6 +83,7 @@ class PhonemeCTC:
             torch.manual_seed(seed)
             self.head = nn.Linear(gpt.config.n_embd, vocab_size)
         self.last: float | None = None  # mean loss of the latest optimizer step (for logs)
+        self.name = "phoneme_ctc"
         self._hidden: Tensor | None = None
 
     @contextlib.contextmanager
@@ -124,7 +125,7 @@ def phoneme_table(texts: Sequence[str], store: Path | None = None) -> tuple[list
     The g2p costs ~1 ms a sentence (a minute for a 50 h corpus), paid at every trainer start, so with
     `store` the table is kept in that .npz, keyed by the texts and the g2p's version, and reused.
     """
-    key = _table_key(texts)
+    key = _table_key(texts) if store is not None else ""
     if store is not None and store.exists():
         try:
             with np.load(store) as saved:

@@ -206,6 +206,7 @@ def micro_batch_loss(model: nn.Module, batch: Batch, ctx: contextlib.AbstractCon
 class AuxiliaryLoss(Protocol):
     """A training-only loss computed from what a forward pass recorded (GuidedAttention, PhonemeCTC)."""
 
+    name: str  # its key in the training log
     weight: float
     last: float | None
 
@@ -977,7 +978,7 @@ class Trainer:
                         if sinks:
                             row = {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens_seen": tokens_seen}
                             for a, mean in zip(aux, aux_means, strict=True):
-                                row["guided_attn" if a is guide else "phoneme_ctc"] = mean
+                                row[a.name] = mean
                             sinks.log(iter_num, row)
                         if bar is not None:
                             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
