@@ -76,7 +76,7 @@ def voice(parity_dir):
 
 def settings(**kw) -> ServerSettings:
     base = dict(chat_type="tts", api_key=KEY, max_text_chars=600, threads=1, num_workers=2,
-                stream=StreamConfig(max_audio_length=MAX_CODES))
+                stream=StreamConfig(max_audio_length=MAX_CODES), cors_origins=["https://app.example"])
     base.update(kw)
     return ServerSettings(**base)
 
@@ -124,7 +124,7 @@ def test_health_root_and_request_ids(client):
     assert r.headers["x-request-id"] == "my-id-123" and "usage" in r.json()
     r = client.options("/v1/audio/speech", headers={"Origin": "https://app.example", "Access-Control-Request-Method":
                                                     "POST", "Access-Control-Request-Headers": "authorization"})
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"  # CORS preflight
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"  # preflight
 
 
 def test_tts_streams_float32_and_ends(client):

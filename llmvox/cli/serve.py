@@ -56,12 +56,23 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     add_flag(g, "eoa_token_id", type=int, default=None, help="end-of-audio code (default: the voice's, 453)")
 
     g = p.add_argument_group("API")
-    add_flag(g, "api_host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    add_flag(g, "api_host", default="127.0.0.1",
+             help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network, as the "
+                  "original's default did)")
     add_flag(g, "api_port", type=int, default=5003, help="port (default 5003)")
     add_flag(g, "api_key", default=None,
              help="require 'Authorization: Bearer KEY' (default: $LLMVOX_API_KEY, else no key)")
-    add_flag(g, "cors_origins", default="*", help="comma-separated allowed origins ('' disables CORS; default *)")
-    add_flag(g, "max_text_chars", type=int, default=4096, help="longest text per request (default 4096)")
+    add_flag(g, "cors_origins", default="",
+             help="comma-separated web origins (https://app.example.com) whose pages may call this server; its own "
+                  "page always may (default: none; '*' allows every page)")
+    add_flag(g, "max_text_chars", type=int, default=4096,
+             help="longest text per request, before and after numbers are spelled out (default 4096)")
+    add_flag(g, "max_body_mb", type=float, default=32.0, help="largest request body in MB (default 32)")
+    add_flag(g, "read_timeout", type=float, default=30.0, help="seconds a client may take to send a body (default 30)")
+    add_flag(g, "send_timeout", type=float, default=30.0,
+             help="seconds a client may leave audio unread before it is cut off (default 30)")
+    add_flag(g, "idle_timeout", type=float, default=120.0,
+             help="seconds a WebSocket may stay silent with nothing being spoken (default 120)")
     add_flag(g, "max_streams", type=int, default=16, help="streams served at once (default 16)")
     add_flag(g, "max_queue", type=int, default=32, help="requests that may wait for a stream (default 32)")
     add_flag(g, "queue_timeout", type=float, default=10.0, help="seconds a request may wait (default 10)")
@@ -119,7 +130,9 @@ def settings_from_args(args: argparse.Namespace):
     return ServerSettings(
         host=args.api_host, port=args.api_port, chat_type=args.chat_type,
         api_key=args.api_key or os.environ.get("LLMVOX_API_KEY") or None, cors_origins=origins,
-        max_text_chars=args.max_text_chars, max_streams=args.max_streams, max_queue=args.max_queue,
+        max_text_chars=args.max_text_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        read_timeout=args.read_timeout, send_timeout=args.send_timeout, idle_timeout=args.idle_timeout,
+        max_streams=args.max_streams, max_queue=args.max_queue,
         queue_timeout=args.queue_timeout, num_workers=args.num_workers, devices=devices, max_batch=args.max_batch,
         threads=args.threads, stream=stream, shutdown_timeout=args.shutdown_timeout, pad_id=args.pad_token_id,
         chat_options=dict(vars(args)),
@@ -147,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype == "bfloat16":
         tts.to_dtype(torch.bfloat16)
     app = create_app(settings, tts=tts)
+    logging.getLogger("llmvox.server").info("listening on http://%s:%d (%s)", settings.host, settings.port,
+                                            _reach(settings.host))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout, ws="auto", lifespan="on")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler it
@@ -159,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _reach(host: str) -> str:
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "this machine only; --api_host 0.0.0.0 serves the network"
+    return "reachable from the network: set --api_key" if host in ("0.0.0.0", "::") else f"on {host}"
 
 
 def _interrupt(signum, frame) -> None:

@@ -373,6 +373,11 @@ class SpeechStream:
         return len(self._segments)
 
     @property
+    def sentence_open(self) -> bool:
+        """True while a sentence is being spoken whose text has not ended yet (more words may come)."""
+        return self._open is not None
+
+    @property
     def audio_seconds(self) -> float:
         return self.audio_samples / self.engine.sample_rate
 

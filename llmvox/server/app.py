@@ -10,11 +10,9 @@ stream still running is cancelled and the worker threads exit.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import time
-from collections import deque
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -27,9 +25,11 @@ from llmvox.engine.stream import SpeechEngine
 from llmvox.errors import LLMVoXError
 from llmvox.server.audio_out import supported_formats
 from llmvox.server.context import RequestContextMiddleware
+from llmvox.server.guard import RequestGuard
 from llmvox.server.metrics import Metrics
 from llmvox.server.schemas import ApiError
 from llmvox.server.settings import ServerSettings
+from llmvox.server.slots import StreamSlots
 
 if TYPE_CHECKING:
     from llmvox.api import LLMVoX
@@ -37,57 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmvox.server")
 
 VERSION = "0.1.0"
-
-
-class StreamSlots:
-    """At most `limit` streams at once; up to `max_queue` requests wait (FIFO) up to `timeout` s.
-
-    `release()` is synchronous so it can run in the `finally` of a cancelled response.
-    """
-
-    def __init__(self, limit: int, max_queue: int, timeout: float):
-        self.limit = limit
-        self.max_queue = max_queue
-        self.timeout = timeout
-        self.active = 0
-        self._waiters: deque[asyncio.Future] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        if self.active < self.limit and not self._waiters:
-            self.active += 1
-            return
-        if len(self._waiters) >= self.max_queue or self.timeout <= 0:
-            raise ApiError(429, f"the server is busy: {self.active} streams are running and {len(self._waiters)} "
-                                "requests are waiting; retry later (or raise --max_streams / --max_queue)",
-                           code="too_many_streams", headers={"Retry-After": "1"})
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except BaseException as exc:
-            if fut.done() and not fut.cancelled():
-                self.release()  # handed a slot just as we gave up: pass it on
-            else:
-                fut.cancel()
-                with suppress(ValueError):
-                    self._waiters.remove(fut)
-            if isinstance(exc, TimeoutError):
-                raise ApiError(503, f"no stream became free within {self.timeout:g} s; retry later "
-                                    "(or raise --max_streams / --queue_timeout)",
-                               code="queue_timeout", headers={"Retry-After": "2"}) from None
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot moves to the next waiter
-                return
-        self.active = max(0, self.active - 1)
 
 
 class ServerState:
@@ -139,10 +88,14 @@ def create_app(settings: ServerSettings | None = None, *, tts: LLMVoX | None = N
     app = FastAPI(title="llmvox", version=VERSION, lifespan=lifespan,
                   description="Streaming LLM-agnostic text-to-speech (LLMVoX).")
     app.state.llmvox = state
+    # outermost first: request id and 500s -> CORS (only for listed origins) -> the guard -> routes
+    app.add_middleware(RequestGuard, settings=settings, metrics_getter=lambda: state.metrics)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Sample-Rate", "X-Audio-Format",
-                                                           "X-LLMVoX-Request-Id", "X-LLMVoX-Question"])
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "X-Sample-Rate", "X-Audio-Format",
+                                           "X-LLMVoX-Request-Id", "X-LLMVoX-Question", "X-LLMVoX-Sample-Rate",
+                                           "X-LLMVoX-Audio-Format"])
     app.add_middleware(RequestContextMiddleware, metrics_getter=lambda: state.metrics)
     _install_error_handlers(app)
 
@@ -158,23 +111,32 @@ def create_app(settings: ServerSettings | None = None, *, tts: LLMVoX | None = N
 
 
 def mount_chat_routes(app: FastAPI, state: ServerState) -> None:
-    # ===== CHAT HOOK (issue 4) ===================================================================
-    # The chat routes (/voicechat, /vlmschat, /multimodalchat, text chat, /v1/chat/completions) live
-    # in `llmvox.server.chat`, which defines `mount(app, state)`; it is called here for every chat
-    # type but "tts". `state.engine` is the shared speech engine (open a stream per answer with
-    # `state.engine.open(sink=..., request_id=...)` and feed it the LLM's deltas), `state.slots` the
-    # stream limiter, `state.metrics` the Prometheus metrics, `state.settings.chat_options` the
-    # original chat flags, `state.extras` free room. The TTS endpoints stay mounted in every chat type.
-    # ==============================================================================================
+    """The chat routes for every chat type but tts (`llmvox.server.chat_routes.mount`); they share the
+    engine, slots, metrics and guard of the speech routes."""
     if state.settings.chat_type == "tts":
-        return
-    if importlib.util.find_spec("llmvox.server.chat") is None:
-        log.warning("chat type %s: chat routes are not available in this build; serving the TTS endpoints only",
-                    state.settings.chat_type)
+        app.include_router(_chat_unavailable_router())
         return
     from llmvox.server import chat
 
     chat.mount(app, state)
+
+
+CHAT_PATHS = ("/textchat", "/voicechat", "/vlmschat", "/multimodalchat", "/v1/chat/completions")
+
+
+def _chat_unavailable_router():
+    """On a speech-only server the chat paths say why they are closed (409), not a bare 404."""
+    from fastapi import APIRouter
+
+    router = APIRouter(include_in_schema=False)
+
+    async def unavailable(request: Request) -> None:
+        raise ApiError(409, f"this server runs --chat_type tts (speech endpoints only); {request.url.path} needs "
+                            "--chat_type text, voice, visual_speech or multimodal", code="chat_type_unavailable")
+
+    for path in CHAT_PATHS:
+        router.add_api_route(path, unavailable, methods=["POST"])
+    return router
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -196,7 +158,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LLMVoXError)
     async def llmvox_error(request: Request, exc: LLMVoXError) -> JSONResponse:
-        return await api_error(request, ApiError(400, str(exc), code="invalid_request"))
+        status = int(getattr(exc, "status", 400))
+        code = {413: "input_too_large", 422: "no_speech"}.get(status, "invalid_request")
+        return await api_error(request, ApiError(status, str(exc), code=code))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,8 +184,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return await api_error(request, ApiError(exc.status_code, str(exc.detail), code=code))
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return await api_error(request, ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error"))

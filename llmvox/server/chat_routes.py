@@ -33,6 +33,7 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,7 +54,6 @@ from llmvox.server.schemas import ApiError
 log = logging.getLogger("llmvox.server.chat")
 
 AUDIO_HEADERS = {"X-LLMVoX-Sample-Rate": "24000", "X-LLMVoX-Audio-Format": "f32le"}
-SIDE_CHANNEL_HEADERS = ["X-LLMVoX-Request-Id", "X-LLMVoX-Question", "X-LLMVoX-Sample-Rate", "X-LLMVoX-Audio-Format"]
 MAX_QUESTION_HEADER = 2000  # characters of the encoded question; the whole one is in the transcript
 
 
@@ -207,21 +207,17 @@ def error_response(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(ApiError(status, message, code=code).body(), status_code=status)
 
 
-def _turn_id() -> str | None:
-    """The server's request id for this request, so logs and the transcript share it."""
-    try:
-        from llmvox.server.context import request_id_var
-    except ImportError:
-        return None
-    rid = request_id_var.get()
-    return None if rid in ("", "-") else rid
+def new_turn_id() -> str:
+    """An unguessable id for a chat turn, chosen by the server: the transcript it names holds the user's
+    question and answer, so a client can neither pick it (and overwrite another turn) nor guess it.
+    The log links it to the request id."""
+    turn_id = secrets.token_hex(16)
+    log.info("chat turn %s", turn_id)
+    return turn_id
 
 
 def chat_router(state: ChatState) -> APIRouter:
     """The chat endpoints over `state` (mount with `app.include_router(chat_router(state))`).
-
-    CORS: browsers only show the side-channel headers when the app's CORS middleware lists
-    `SIDE_CHANNEL_HEADERS` in `expose_headers`.
     """
     router = APIRouter(tags=["chat"])
 
@@ -233,9 +229,10 @@ def chat_router(state: ChatState) -> APIRouter:
         if state.draining is not None and state.draining():
             return error_response(503, "the server is shutting down", "shutting_down")
         started = time.perf_counter()
+        lease = None
         if state.slots is not None:
             try:
-                await state.slots.acquire()
+                lease = await state.slots.acquire()
             except ApiError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
         turn = answer = None
@@ -244,20 +241,20 @@ def chat_router(state: ChatState) -> APIRouter:
             settings = replace(settings, system_prompt=body["system_prompt"].strip() or None)
         try:
             request = await run_in_threadpool(ChatRequest.from_body, mode, body, settings)
-            turn = ChatTurn(request, state.llm, asr=state.asr, settings=settings, request_id=_turn_id())
+            turn = ChatTurn(request, state.llm, asr=state.asr, settings=settings, request_id=new_turn_id())
             state.transcripts.add(turn)
             await run_in_threadpool(turn.start)  # ASR and the first words: errors are still JSON here
             answer = state.speak(turn.deltas(), turn.id)
         except ChatError as exc:
             if turn is not None:
                 turn.cancel()
-            _release(state)
+            _release(lease)
             _count_error(state, endpoint, _code(exc.status))
             return error_response(exc.status, str(exc), _code(exc.status))
         except BaseException:
-            _release(state)
+            _release(lease)
             raise
-        close = _closer(state, endpoint, turn, answer, release=True)
+        close = _closer(state, endpoint, turn, answer, lease)
 
         async def audio():
             first = True
@@ -309,12 +306,12 @@ def chat_router(state: ChatState) -> APIRouter:
             return error_response(503, "the server is shutting down", "shutting_down")
         settings = _request_settings(state.settings, body)
         started = time.perf_counter()
+        lease = None
         if state.slots is not None and want_audio:
             try:
-                await state.slots.acquire()
+                lease = await state.slots.acquire()
             except ApiError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-        holds_slot = want_audio and state.slots is not None
         turn = answer = None
         try:
             request = await run_in_threadpool(
@@ -322,19 +319,17 @@ def chat_router(state: ChatState) -> APIRouter:
                 llm_hears=bool(getattr(state.llm, "accepts_audio", False)), has_asr=state.asr is not None)
             if any(m["role"] == "system" for m in request.history):
                 settings = replace(settings, system_prompt=None)  # the client's system prompt wins
-            turn = ChatTurn(request, state.llm, asr=state.asr, settings=settings, request_id=_turn_id())
+            turn = ChatTurn(request, state.llm, asr=state.asr, settings=settings, request_id=new_turn_id())
             state.transcripts.add(turn)
             await run_in_threadpool(turn.start)
         except ChatError as exc:
             if turn is not None:
                 turn.cancel()
-            if holds_slot:
-                _release(state)
+            _release(lease)
             _count_error(state, endpoint, _code(exc.status))
             return error_response(exc.status, str(exc), _code(exc.status))
         except BaseException:
-            if holds_slot:
-                _release(state)
+            _release(lease)
             raise
 
         loop = asyncio.get_running_loop()
@@ -369,7 +364,7 @@ def chat_router(state: ChatState) -> APIRouter:
             answer = state.speak(text_tee(), turn.id)
         threading.Thread(target=pump, name=f"chat-completion-{turn.id}", daemon=True).start()
         pending = {"text_end", "audio_end"} if want_audio else {"text_end"}
-        close = _closer(state, endpoint, turn, answer, release=holds_slot)
+        close = _closer(state, endpoint, turn, answer, lease)
 
         async def events_in_order():
             """(kind, payload) until the text and the audio have both ended."""
@@ -471,7 +466,7 @@ def _wav_b64(samples: np.ndarray, rate: int = 24000) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _closer(state: ChatState, endpoint: str, turn: Any, answer: Any | None, *, release: bool) -> Callable[[], None]:
+def _closer(state: ChatState, endpoint: str, turn: Any, answer: Any | None, lease: Any | None) -> Callable[[], None]:
     """A close() that acts once however a response ends: stop the LLM turn and the voice, free the slot."""
     closed = False
 
@@ -487,15 +482,14 @@ def _closer(state: ChatState, endpoint: str, turn: Any, answer: Any | None, *, r
             log.info("%s: answer cut short (client gone or stream ended early); LLM stopped", endpoint)
         if answer is not None:
             answer.cancel()
-        if release:
-            _release(state)
+        _release(lease)
 
     return close
 
 
-def _release(state: ChatState) -> None:
-    if state.slots is not None:
-        state.slots.release()
+def _release(lease: Any | None) -> None:
+    if lease is not None:
+        lease.release()
 
 
 def _count_error(state: ChatState, endpoint: str, kind: str) -> None:
@@ -522,8 +516,6 @@ def mount(app, server_state) -> ChatState:
     """
     import argparse
 
-    from fastapi import Depends
-
     from llmvox.chat import asr_from_args, settings_from_args
     from llmvox.llm.select import backend_from_namespace
 
@@ -535,14 +527,7 @@ def mount(app, server_state) -> ChatState:
                       settings=settings_from_args(args), chat_type=args.chat_type, slots=server_state.slots,
                       metrics=server_state.metrics, draining=lambda: server_state.draining)
     server_state.extras["chat"] = state
-    dependencies = []
-    try:
-        from llmvox.server.routes import require_key
-
-        dependencies = [Depends(require_key)]
-    except ImportError:
-        pass
-    app.include_router(chat_router(state), dependencies=dependencies)
+    app.include_router(chat_router(state))  # the API key is checked by the server's guard
     log.info("chat routes: %s with LLM %s, ASR %s", args.chat_type, llm.name,
              getattr(state.asr, "model_dir", None) or "none")
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import re
 import time
@@ -49,7 +50,11 @@ def install_log_format(level: int = logging.INFO) -> None:
 
 
 class RequestContextMiddleware:
-    """Pure ASGI (streaming-safe): request id in, X-Request-ID out, one log line and a count per request."""
+    """Pure ASGI (streaming-safe): request id in, X-Request-ID out, one log line and a count per request.
+
+    An error no route handled becomes a 500 JSON answer here, inside the middleware that adds the request
+    id, and is not raised further: the keep-alive connection stays usable for the client's next request.
+    """
 
     def __init__(self, app, metrics_getter=None):
         self.app = app
@@ -77,6 +82,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if scope["type"] != "http" or status["code"]:
+                raise  # the answer was already under way: the connection is all that is left to end
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            await self._internal_error(rid, send_with_id)
+            metrics = self._metrics() if self._metrics else None
+            if metrics is not None:
+                metrics.errors.labels(getattr(scope.get("route"), "path", None) or "other", "server_error").inc()
         finally:
             if scope["type"] == "http":
                 route = scope.get("route")
@@ -88,3 +101,12 @@ class RequestContextMiddleware:
                 if metrics is not None and status["code"]:
                     metrics.requests.labels(endpoint, str(status["code"])).inc()
             request_id_var.reset(token)
+
+    @staticmethod
+    async def _internal_error(rid: str, send) -> None:
+        body = json.dumps({"error": {"message": f"internal error; the server log has the details under request id "
+                                                f"{rid}", "type": "server_error", "param": None,
+                                     "code": "internal_error"}}).encode()
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

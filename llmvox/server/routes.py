@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmvox.engine.stream import AudioChunk, SpeechStream
@@ -30,6 +29,7 @@ from llmvox.server.schemas import (
     SpeechRequest,
     TTSRequest,
 )
+from llmvox.server.slots import SlotLease
 
 log = logging.getLogger("llmvox.server")
 
@@ -38,28 +38,7 @@ def server_state(request: Request):
     return request.app.state.llmvox
 
 
-def check_api_key(headers: Any, settings, query_key: str | None = None) -> None:
-    """Raise 401 unless the request carries the configured key (Bearer header, or ?api_key= for browsers'
-    WebSockets, which cannot set headers)."""
-    key = settings.api_key
-    if not key:
-        return
-    auth = headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        given = query_key or ""
-    if not given:
-        raise ApiError(401, "missing API key: send the header 'Authorization: Bearer YOUR_KEY'", code="missing_api_key")
-    if not hmac.compare_digest(given.strip().encode(), key.encode()):
-        raise ApiError(401, "invalid API key", code="invalid_api_key")
-
-
-async def require_key(request: Request) -> None:
-    check_api_key(request.headers, server_state(request).settings)
-
-
-router = APIRouter()
-protected = [Depends(require_key)]
+router = APIRouter()  # the API key, origin and body limits are checked before any route (server.guard)
 
 
 @router.get("/")
@@ -93,18 +72,18 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", dependencies=protected)
+@router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(server_state(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
-@router.post("/tts", dependencies=protected)
+@router.post("/tts")
 async def tts(request: Request, body: TTSRequest) -> Response:
     """The original endpoint: raw float32 mono at 24 kHz; the stream ends when the speech ends."""
     return await speak(request, body.text, "f32", endpoint="/tts", param="text")
 
 
-@router.post("/v1/audio/speech", dependencies=protected)
+@router.post("/v1/audio/speech")
 async def openai_speech(request: Request, body: SpeechRequest) -> Response:
     state = server_state(request)
     fmt = body.response_format.lower()
@@ -136,46 +115,65 @@ def validate_text(text: str, settings, param: str) -> None:
     if len(text) > settings.max_text_chars:
         raise ApiError(413, f"{param} has {len(text)} characters; the limit is {settings.max_text_chars} "
                             "(split the text, or raise --max_text_chars)", code="text_too_long", param=param)
-    if settings.stream.normalize and not normalize(text).strip():
+    if not settings.stream.normalize:
+        return
+    spoken = normalize(text)
+    if not spoken.strip():
         raise ApiError(400, f"{param} has nothing speakable (only symbols or markup)", code="nothing_to_say",
                        param=param)
+    if len(spoken) > settings.max_text_chars:  # numbers and symbols spelled out can multiply the text
+        raise ApiError(413, f"{param} becomes {len(spoken)} characters once numbers and symbols are spelled out; "
+                            f"the limit is {settings.max_text_chars} (split the text, or raise --max_text_chars)",
+                       code="text_too_long", param=param)
 
 
 class ChunkBridge:
-    """Engine threads -> the event loop: chunks land in an asyncio queue, None ends it."""
+    """Engine threads -> the event loop: chunks land in an asyncio queue, None ends it.
 
-    def __init__(self) -> None:
+    `on_end` runs on the loop when the engine has produced the last chunk: the stream's slot is free
+    from then on, however slowly the client reads what is left.
+    """
+
+    def __init__(self, on_end: Callable[[], None] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[AudioChunk | None] = asyncio.Queue()
+        self.on_end = on_end
+
+    def _put(self, item: AudioChunk | None) -> None:
+        self.queue.put_nowait(item)
+        if item is None and self.on_end is not None:
+            self.on_end()
 
     def __call__(self, item: AudioChunk | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody listens any more
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._put, item)
 
 
-async def open_stream(request: Request, text: str, *, endpoint: str, param: str) -> tuple[SpeechStream, ChunkBridge]:
-    """Validate, take a stream slot (429/503 when full), start speaking `text`."""
+async def open_stream(request: Request, text: str, *, endpoint: str,
+                      param: str) -> tuple[SpeechStream, ChunkBridge, SlotLease]:
+    """Validate, take a stream slot (429/503 when full), start speaking `text`. The slot is given back
+    when the engine has produced the whole answer (or when the request ends earlier)."""
     state = server_state(request)
     if state.draining or state.engine is None:
         raise ApiError(503, "the server is shutting down", code="shutting_down")
     validate_text(text, state.settings, param)
-    await state.slots.acquire()
+    lease = await state.slots.acquire()
     try:
-        bridge = ChunkBridge()
+        bridge = ChunkBridge(on_end=lease.release)
         stream = state.engine.open(sink=bridge, request_id=request_id_var.get())
         stream.feed(text)
         stream.end()
     except BaseException:
-        state.slots.release()
+        lease.release()
         raise
     log.info("%s: %d characters, %d sentence(s)", endpoint, len(text), stream.segments)
-    return stream, bridge
+    return stream, bridge, lease
 
 
 async def speak(request: Request, text: str, fmt: str, *, endpoint: str, param: str, speed: float = 1.0,
                 sse: bool = False) -> Response:
     state = server_state(request)
-    stream, bridge = await open_stream(request, text, endpoint=endpoint, param=param)
+    stream, bridge, lease = await open_stream(request, text, endpoint=endpoint, param=param)
     started = request.scope.get("state", {}).get("started_at", time.perf_counter())
     encoder = make_encoder(fmt, state.sample_rate)
     stretch = TimeStretcher(speed, state.sample_rate) if abs(speed - 1.0) > 1e-6 else None
@@ -193,7 +191,7 @@ async def speak(request: Request, text: str, fmt: str, *, endpoint: str, param: 
             stream.cancel()
             metrics.disconnects.labels(endpoint).inc()
             log.info("%s: client disconnected; stream cancelled", endpoint)
-        state.slots.release()
+        lease.release()
 
     async def audio_bytes() -> AsyncIterator[bytes]:
         first = True

@@ -16,12 +16,16 @@ CHAT_TYPES = ("tts", "text", "voice", "visual_speech", "multimodal")
 class ServerSettings:
     """Everything the server needs besides the voice itself."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless --api_host says otherwise (the original bound 0.0.0.0)
     port: int = 5003
     chat_type: str = "tts"
     api_key: str | None = None  # when set, every route but /health and / needs `Authorization: Bearer KEY`
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    max_text_chars: int = 4096  # per request (and per WebSocket text message)
+    cors_origins: list[str] = field(default_factory=list)  # browser origins besides the server's own
+    max_text_chars: int = 4096  # per request (and per WebSocket text message), before and after normalising
+    max_body_bytes: int = 32 * 1024 * 1024  # request bodies, counted as they arrive
+    read_timeout: float = 30.0  # seconds a client may take to send a request body
+    send_timeout: float = 30.0  # seconds a client may leave the server's writes unread
+    idle_timeout: float = 120.0  # seconds a WebSocket may stay silent with nothing being spoken
     max_streams: int = 16  # streams served at once
     max_queue: int = 32  # requests allowed to wait for a free stream
     queue_timeout: float = 10.0  # seconds a request may wait before a 503
@@ -42,6 +46,11 @@ class ServerSettings:
             raise LLMVoXError(f"--api_port must be 1-65535 (got {self.port})")
         if self.max_text_chars < 1:
             raise LLMVoXError("--max_text_chars must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise LLMVoXError("--max_body_mb must be at least 0.001 (1 KB)")
+        for name in ("read_timeout", "send_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise LLMVoXError(f"--{name} must be a positive number of seconds")
         if self.max_streams < 1:
             raise LLMVoXError("--max_streams must be at least 1")
         if self.max_queue < 0 or self.queue_timeout < 0:

@@ -39,7 +39,7 @@ def static_files() -> StaticFiles:
 
 def server_info(request: Request) -> dict[str, Any]:
     """What the page needs to set itself up: chat modes, voice, models, limits, chunk schedule."""
-    from llmvox.server.routes import check_api_key
+    from llmvox.server.guard import check_api_key
     from llmvox.server.schemas import ApiError
 
     state = request.app.state.llmvox

@@ -25,9 +25,9 @@ from llmvox.server.ui import UI_PREFIX, page_response, static_files, wants_html
 
 log = logging.getLogger("llmvox.ui")
 
-# headers that describe one connection, not the message: never forwarded
+# never forwarded: headers of one connection, and Origin (the page came from this proxy, which is the client)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-              "transfer-encoding", "upgrade", "host", "content-length"}
+              "transfer-encoding", "upgrade", "host", "content-length", "origin"}
 UPSTREAM_HEADER = "X-LLMVoX-Proxy-Upstream"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 

@@ -21,17 +21,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 
 from llmvox.engine.stream import AudioChunk, SpeechStream
 from llmvox.errors import LLMVoXError
 from llmvox.server.audio_out import make_encoder
 from llmvox.server.context import request_id_var
-from llmvox.server.routes import check_api_key
+from llmvox.server.guard import deny_websocket
 from llmvox.server.schemas import ApiError
+from llmvox.server.slots import SlotLease
+from llmvox.text.normalize import normalize
 
 log = logging.getLogger("llmvox.server")
 
@@ -44,19 +46,17 @@ async def ws_stream(ws: WebSocket) -> None:
     state = ws.app.state.llmvox
     rid = request_id_var.get()
     fmt = ws.query_params.get("format", "pcm")
-    try:
-        check_api_key(ws.headers, state.settings, ws.query_params.get("api_key"))
+    try:  # the key and the Origin were checked by the guard before this handshake
         if fmt not in WS_FORMATS:
             raise ApiError(400, f"unknown format {fmt!r}; use format=pcm (s16le) or format=f32", code="invalid_format",
                            param="format")
         if state.draining or state.engine is None:
             raise ApiError(503, "the server is shutting down", code="shutting_down")
-        await state.slots.acquire()
     except ApiError as exc:
         state.metrics.errors.labels("/v1/stream", "rejected").inc()
         state.metrics.requests.labels("/v1/stream", str(exc.status)).inc()
         log.info("websocket rejected: %s %s", exc.status, exc.message)
-        await _deny(ws, exc)
+        await deny_websocket(ws, exc)
         return
     session = _Session(ws, state, fmt, rid)
     try:
@@ -66,22 +66,16 @@ async def ws_stream(ws: WebSocket) -> None:
         await session.run()
     finally:
         session.close()
-        state.slots.release()
         log.info("websocket closed")
 
 
-async def _deny(ws: WebSocket, exc: ApiError) -> None:
-    """An HTTP error instead of the handshake where the server supports it; else accept, explain, close."""
-    try:
-        await ws.send_denial_response(JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers))
-    except RuntimeError:
-        await ws.accept()
-        await ws.send_json({"type": "error", "code": exc.code, "message": exc.message})
-        await ws.close(code=1008 if exc.status in (400, 401, 403) else 1013)
-
-
 class _Session:
-    """One connection: a reader (client messages) and a writer (audio and events, in order)."""
+    """One connection: a reader (client messages) and a writer (audio and events, in order).
+
+    The session holds a stream slot only while it has something to speak: from the text that starts a
+    sentence until that audio is sent. An open connection with nothing to say costs no slot, and one
+    that neither sends nor receives for --idle_timeout is closed.
+    """
 
     def __init__(self, ws: WebSocket, state: Any, fmt: str, rid: str):
         self.ws = ws
@@ -97,6 +91,8 @@ class _Session:
         self.delivered = 0  # segments of the current stream whose audio was fully sent
         self.flush_marks: list[int] = []
         self.audio_seconds = 0.0
+        self.lease: SlotLease | None = None
+        self.last_activity = time.monotonic()
 
     # ---- engine side ---------------------------------------------------------------------------
     def _new_stream(self) -> SpeechStream:
@@ -117,6 +113,30 @@ class _Session:
         if self.stream is not None and not self.stream.done:
             self.stream.cancel()
             self.state.metrics.disconnects.labels("/v1/stream").inc()
+        self._release()
+
+    # ---- the stream slot -------------------------------------------------------------------------
+    async def _hold_slot(self) -> bool:
+        """Take a slot before new speech starts; False (and an error event) when the server is full."""
+        if self.lease is not None and self.lease.held:
+            return True
+        try:
+            self.lease = await self.state.slots.acquire()
+        except ApiError as exc:
+            self._event({"type": "error", "code": exc.code, "message": exc.message})
+            return False
+        return True
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def _release_if_idle(self) -> None:
+        """Give the slot back when every sentence fed so far has been sent and none is still open."""
+        stream = self.stream
+        if stream is None or stream.done or (self.delivered >= stream.segments and not stream.sentence_open):
+            self._release()
 
     # ---- run -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -139,8 +159,19 @@ class _Session:
             await asyncio.gather(writer, reader, return_exceptions=True)
 
     async def _reader(self) -> None:
+        idle = self.state.settings.idle_timeout
         while True:
-            message = await self.ws.receive()
+            try:
+                async with asyncio.timeout(idle):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                if time.monotonic() - self.last_activity < idle:
+                    continue  # audio is still flowing to the client
+                self._event({"type": "error", "code": "idle_timeout",
+                             "message": f"nothing was sent or spoken for {idle:g} s (--idle_timeout); closing"})
+                self.out.put_nowait(("close", self.generation, 1000))
+                return
+            self.last_activity = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             if message.get("text") is None:
@@ -156,11 +187,11 @@ class _Session:
                 self._event({"type": "error", "code": "invalid_message",
                              "message": 'each message is a JSON object with a "type" (text, flush, cancel, end)'})
                 continue
-            self._handle(msg)
+            await self._handle(msg)
             if self.ended:
                 return
 
-    def _handle(self, msg: dict[str, Any]) -> None:
+    async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "text":
             text = msg.get("text")
@@ -172,19 +203,32 @@ class _Session:
                 self._event({"type": "error", "code": "text_too_long",
                              "message": f"a text message has {len(text)} characters; the limit is {limit}"})
                 return
+            spoken = normalize(text) if self.state.settings.stream.normalize else text
+            if len(spoken) > limit:
+                self._event({"type": "error", "code": "text_too_long",
+                             "message": f"a text message becomes {len(spoken)} characters once numbers and symbols "
+                                        f"are spelled out; the limit is {limit}"})
+                return
+            if not await self._hold_slot():
+                return
             if self.stream is None:
                 self.stream = self._new_stream()
             self._call(self.stream.feed, text)
+            self._release_if_idle()
         elif kind == "flush":
             if self.stream is None:
                 self.out.put_nowait(("flush", self.generation, 0))
                 return
+            if not await self._hold_slot():
+                return
             n = self._call(self.stream.flush)
             self.out.put_nowait(("flush", self.generation, n or 0))
+            self._release_if_idle()
         elif kind == "cancel":
             if self.stream is not None:
                 self.stream.cancel()
             self.stream = None
+            self._release()
             self.generation += 1
             self._event({"type": "cancelled"})
         elif kind == "end":
@@ -193,6 +237,7 @@ class _Session:
                 self.out.put_nowait(("done", self.generation, None))
             else:
                 self._call(self.stream.end)
+                self._release_if_idle()
         else:
             self._event({"type": "error", "code": "unknown_type",
                          "message": f"unknown message type {kind!r}; use text, flush, cancel or end"})
@@ -214,6 +259,9 @@ class _Session:
             if kind == "event":
                 await self.ws.send_json(item)
                 continue
+            if kind == "close":
+                await self.ws.close(code=item)
+                return
             if gen != self.generation:
                 continue  # audio or markers of cancelled text
             if kind == "audio":
@@ -223,13 +271,16 @@ class _Session:
                 if len(chunk.samples):
                     await self.ws.send_bytes(encoder.encode(chunk.samples))
                     self.audio_seconds += len(chunk.samples) / self.state.sample_rate
+                    self.last_activity = time.monotonic()
                 if chunk.last_in_segment:
                     self.delivered = chunk.segment + 1
+                    self._release_if_idle()
                     await self._send_flushed()
             elif kind == "flush":
                 self.flush_marks.append(item)
                 await self._send_flushed()
             elif kind in ("end", "done"):
+                self._release()
                 stream = self.stream
                 if stream is not None and stream.error is not None:
                     await self.ws.send_json({"type": "error", "code": "generation_failed",
