@@ -8,6 +8,7 @@ rate is converted with soxr.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,18 @@ DEFAULT_RATE = 24000
 SILENCE_PEAK = 1e-4  # about -80 dBFS: below this nothing audible is left
 
 
-def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE) -> np.ndarray:
+def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE,
+               max_seconds: float | None = None) -> np.ndarray:
     """Read audio (path or the bytes of a file) -> float32 mono samples at `target_rate`.
 
     Raises LLMVoXError for a missing path, data that is not audio, or a file without samples.
+    With `max_seconds`, a longer file is refused (InputTooLarge) from its header, before its samples
+    are decoded, and never more than that many seconds are read even when the header lies.
     Silent audio is returned as is; check it with `is_silent` where it matters.
     """
     import soundfile as sf
+
+    from llmvox.input_errors import InputTooLarge
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -40,9 +46,16 @@ def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE) -> n
         label = str(path)
         handle = str(path)
     try:
-        data, rate = sf.read(handle, dtype="float32", always_2d=True)
+        with sf.SoundFile(handle) as f:
+            rate = f.samplerate
+            limit = None if max_seconds is None else int(max_seconds * rate) + 1
+            if limit is not None and f.frames > limit:
+                raise InputTooLarge(f"{label} is {f.frames / rate:.1f} s long; the limit is {max_seconds:g} s")
+            data = f.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise LLMVoXError(f"{label} is not a readable audio file ({_first_line(exc)})") from None
+        raise LLMVoXError(f"{label} is not a readable audio file ({_reason(exc)})") from None
+    if limit is not None and data.shape[0] > limit:  # a header that did not tell the length
+        raise InputTooLarge(f"{label} is longer than the limit of {max_seconds:g} s")
     if data.shape[0] == 0:
         raise LLMVoXError(f"{label} contains no audio samples")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
@@ -93,6 +106,9 @@ def save_audio(path: str | Path, samples: np.ndarray, rate: int = DEFAULT_RATE) 
     sf.write(str(path), data, int(rate), subtype=subtype)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """libsndfile's reason without the object it failed on ("Error opening <_io.BytesIO at 0x...>: ...")."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    line = re.sub(r"^Error opening .*?: ", "", line)
+    line = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the data", line).strip().rstrip(".")
+    return line[:1].lower() + line[1:]

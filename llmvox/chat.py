@@ -36,6 +36,8 @@ APOLOGY = " Sorry, I lost my train of thought there."
 NO_ANSWER = "Sorry, I have no answer to that."
 
 MODES = ("text", "voice", "visual_speech", "multimodal")
+MAX_MESSAGES = 1000  # messages in one /v1/chat/completions request
+MAX_HISTORY_CHARS = 200_000  # their text together; the backend then trims the history to its context
 
 
 class ChatError(LLMVoXError):
@@ -59,6 +61,7 @@ class ChatSettings:
     seed: int | None = None
     asr_language: str | None = "english"
     asr_translate: bool = False
+    max_text_chars: int = 4096  # a typed question (the server's --max_text_chars)
     pcm_rate: int = ASR_RATE  # rate of the int16 PCM in audio_base64 (--asr_sample_rate)
     audio: AudioLimits = field(default_factory=AudioLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
@@ -94,7 +97,7 @@ class ChatRequest:
                 text = body.get("text")
                 if not isinstance(text, str) or not text.strip():
                     raise ChatError('"text" must be a non-empty string')
-                request.text = text.strip()
+                request.text = _bounded(text.strip(), settings, '"text"')
                 return request
             request.audio = _speech_field(body, settings)
             if mode == "visual_speech":
@@ -118,7 +121,8 @@ class ChatRequest:
         with _as_chat_error():
             if not audio_file:
                 raise ChatError("the uploaded audio file is empty")
-            samples = check_speech(decode_file(bytes(audio_file), ASR_RATE, "uploaded audio"), ASR_RATE,
+            samples = check_speech(decode_file(bytes(audio_file), ASR_RATE, "uploaded audio",
+                                               settings.audio.max_seconds), ASR_RATE,
                                    settings.audio, "uploaded audio")
             pictures = load_images(list(images or []), limits=settings.images)
         return cls(mode=mode, audio=samples, images=pictures, source_language=source_language,
@@ -137,6 +141,8 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
 
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise ChatError('"messages" must be a non-empty list of {"role", "content"} objects')
+    if len(messages) > MAX_MESSAGES:
+        raise ChatError(f'"messages" has {len(messages)} messages; the limit is {MAX_MESSAGES}', 413)
     *earlier, last = messages
     if last.get("role") != "user":
         raise ChatError("the last message must be the user's")
@@ -148,6 +154,9 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
         if message.get("role") not in ("system", "user", "assistant") or not isinstance(content, str):
             raise ChatError("earlier messages must be system, user or assistant turns with text content")
         history.append({"role": message["role"], "content": content})
+    if sum(len(m["content"]) for m in history) > MAX_HISTORY_CHARS:
+        raise ChatError(f"the earlier messages hold over {MAX_HISTORY_CHARS:,} characters; send a shorter history",
+                        413)
     content = last.get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list):
@@ -172,14 +181,16 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
                     raise ChatError("input_audio.data must be a base64 string")
                 if str(spec.get("format", "wav")).lower() in ("pcm16", "pcm", "s16le"):
                     raw = decode_base64(data, "input_audio.data")
-                    samples = decode_audio_base64(base64.b64encode(raw).decode("ascii"), pcm_rate=settings.pcm_rate)
+                    samples = decode_audio_base64(base64.b64encode(raw).decode("ascii"), pcm_rate=settings.pcm_rate,
+                                                  what="input_audio.data", max_seconds=settings.audio.max_seconds)
                 else:
-                    samples = decode_file(decode_base64(data, "input_audio.data"), ASR_RATE, "input_audio")
+                    samples = decode_file(decode_base64(data, "input_audio.data"), ASR_RATE, "input_audio",
+                                          settings.audio.max_seconds)
                 audio = check_speech(samples, ASR_RATE, settings.audio, "input_audio")
             else:
                 raise ChatError(f"unsupported content part {kind!r}: use text, image_url or input_audio")
         pictures = load_images(images, limits=settings.images)
-    text = "".join(texts).strip() or None
+    text = _bounded("".join(texts).strip(), settings, "the user message") or None
     if audio is None and text is None:
         raise ChatError("the user message has no text and no audio")
     if audio is not None and llm_hears:
@@ -195,6 +206,13 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
     return ChatRequest(mode=mode, text=text, audio=audio, images=pictures, history=history)
 
 
+def _bounded(text: str, settings: ChatSettings, what: str) -> str:
+    if len(text) > settings.max_text_chars:
+        raise ChatError(f"{what} has {len(text)} characters; the limit is {settings.max_text_chars} "
+                        "(--max_text_chars)", 413)
+    return text
+
+
 def _opt_str(body: dict, key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
@@ -206,7 +224,8 @@ def _speech_field(body: dict, settings: ChatSettings) -> np.ndarray:
     data = body.get("audio_base64")
     if not isinstance(data, str):
         raise ChatError('"audio_base64" must be a base64 string (int16 PCM at 16 kHz, or an audio file)')
-    samples = decode_audio_base64(data, pcm_rate=settings.pcm_rate, rate=ASR_RATE)
+    samples = decode_audio_base64(data, pcm_rate=settings.pcm_rate, rate=ASR_RATE,
+                                  max_seconds=settings.audio.max_seconds)
     return check_speech(samples, ASR_RATE, settings.audio, "audio_base64")
 
 
@@ -284,6 +303,9 @@ class ChatTurn:
             raise
         except LLMVoXError as exc:
             raise ChatError(str(exc), getattr(exc, "status", 400)) from None
+        except Exception as exc:  # noqa: BLE001 - a broken recogniser is the server's fault, not the input's
+            log.exception("turn %s: speech recognition failed", self.id)
+            raise ChatError(f"speech recognition failed ({type(exc).__name__}); try again", 503) from None
         self.asr_seconds = time.perf_counter() - t0
         if not text.strip():
             raise ChatError("no words were recognised in the audio", 422)
@@ -333,8 +355,14 @@ class ChatTurn:
             self.recognise()
             s = self.settings
             stops = [s.eos_token] if s.eos_token else None
+            try:
+                messages, max_tokens = self.llm.fit_messages(self.messages(), s.max_tokens)
+            except ChatError:
+                raise
+            except LLMVoXError as exc:
+                raise ChatError(str(exc), getattr(exc, "status", 400)) from None
             self._stream = iter(self.llm.stream_chat(
-                self.messages(), max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                messages, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
                 top_k=s.top_k, stop=stops, cancel=self.cancel_event, seed=s.seed))
             try:
                 self._first = next(self._stream)
@@ -344,8 +372,16 @@ class ChatTurn:
                 raise
             except LLMVoXError as exc:
                 raise ChatError(f"the LLM failed before answering: {exc}", 502) from None
+            except Exception as exc:  # noqa: BLE001 - any backend failure is a 502 with the turn marked failed
+                log.exception("turn %s: the LLM failed before answering", self.id)
+                raise ChatError(f"the LLM failed before answering ({type(exc).__name__})", 502) from None
         except ChatError as exc:
             self.error = str(exc)
+            self._close_stream()
+            self.finished.set()
+            raise
+        except BaseException as exc:
+            self.error = f"the turn failed ({type(exc).__name__})"
             self._close_stream()
             self.finished.set()
             raise
@@ -379,7 +415,7 @@ class ChatTurn:
                     delta = next(self._stream)
                 except StopIteration:
                     break
-                except LLMVoXError as exc:
+                except Exception as exc:  # noqa: BLE001 - speech is under way: end it with an apology
                     log.warning("turn %s: LLM broke off mid-answer: %s", self.id, exc)
                     self.error = f"the LLM broke off mid-answer: {exc}"
                     self._append(APOLOGY)
@@ -470,6 +506,7 @@ def settings_from_args(args) -> ChatSettings:
         temperature=get("llm_temperature", 0.7), top_p=get("llm_top_p", 0.95), top_k=get("llm_top_k", 40),
         eos_token=get("eos_token", defaults.eos_token), asr_language=get("asr_default_language", "english"),
         asr_translate=bool(get("asr_enable_translation", False)),
+        max_text_chars=int(get("max_text_chars", defaults.max_text_chars)),
         pcm_rate=int(float(get("asr_sample_rate", ASR_RATE))),
         audio=AudioLimits(max_seconds=float(get("asr_max_audio_length", 60.0))),
         images=ImageLimits(max_images=int(get("max_images", 4)),

