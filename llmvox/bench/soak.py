@@ -5,7 +5,8 @@ loopback port and keeps `concurrency` clients looping over a fixed mix of what u
 send: speech as wav, pcm and SSE, the original `/tts`, WebSocket sessions (deltas, flush, end), clients
 that leave after the first audio chunk, chat turns (text, and spoken questions made from the server's own
 speech), and bad requests that must get their 4xx. The server's RSS is sampled once a second; growth is
-measured from the end of the warm-up (caches, allocator pools and first-call paths fill there) to the end.
+measured from the end of the warm-up (caches, allocator pools and first-call paths fill there) to the end,
+each the median of RSS_WINDOW samples, and as a least-squares slope over everything after the warm-up.
 
 An error is an answer other than the one expected: a wrong status (any 5xx among them), a connection
 failure, a timeout, or audio missing or malformed.
@@ -32,6 +33,7 @@ from llmvox.bench.stream import ServerProcess, _chat_turn
 REQUEST_TIMEOUT = 120.0  # seconds: longer than any answer of the mix takes, so a hang is an error
 WARMUP_FRACTION = 1 / 3  # the warm-up never takes more of a short run than this
 MIN_AUDIO_SECONDS = 0.2  # less than this for a sentence is "audio missing"
+RSS_WINDOW = 5  # samples (seconds) whose median is the RSS "after warm-up" and "at the end"
 TEXTS = [
     "The kettle is on, so tea will be ready in five minutes.",
     "Turn left at the second light, then keep going for about 300 metres.",
@@ -300,6 +302,25 @@ async def _settle(url: str, seconds: float = 15.0) -> dict[str, Any]:
     return health
 
 
+def rss_trend(samples: list[tuple[float, float]], warmup: float) -> tuple[float | None, float | None, float | None]:
+    """RSS after the warm-up, at the end (medians of RSS_WINDOW samples each: a request's buffers come and go
+    within a second or two, a leak stays) and the least-squares slope after the warm-up, in MB per minute."""
+    import statistics
+
+    if not samples:
+        return None, None, None
+    kept = [(t, mb) for t, mb in samples if t >= warmup] or samples[-1:]
+    after = statistics.median(mb for _, mb in kept[:RSS_WINDOW])
+    end = statistics.median(mb for _, mb in samples[-RSS_WINDOW:])
+    slope = None
+    if len(kept) >= 10:
+        t0 = statistics.fmean(t for t, _ in kept)
+        m0 = statistics.fmean(mb for _, mb in kept)
+        var = sum((t - t0) ** 2 for t, _ in kept)
+        slope = round(60 * sum((t - t0) * (mb - m0) for t, mb in kept) / var, 2) if var else None
+    return after, end, slope
+
+
 async def _load(server: ServerProcess, seconds: float, concurrency: int, warmup: float, chat_type: str,
                 seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     pid = server.proc.pid
@@ -320,15 +341,13 @@ async def _load(server: ServerProcess, seconds: float, concurrency: int, warmup:
             samples.append((time.monotonic() - started, status))
     await clients
     elapsed = time.monotonic() - started
-    load_seconds = min(elapsed, seconds)
     health = await _settle(server.url)
     after = proc_status(pid)
     if health.get("active_streams") or health.get("queued_requests"):  # a slot that leaked
         tally.first_errors.append(f"health: {health.get('active_streams')} streams active and "
                                   f"{health.get('queued_requests')} queued 15 s after the load stopped")
     rss = [(t, s["rss_mb"]) for t, s in samples if "rss_mb" in s]
-    after_warmup = next((mb for t, mb in rss if t >= warmup), rss[-1][1] if rss else None)
-    end = rss[-1][1] if rss else None
+    after_warmup, end, slope = rss_trend(rss, warmup)
     growth = None if end is None or after_warmup is None else round(end - after_warmup, 1)
     requests = tally.requests
     leaked = int(bool(health.get("active_streams") or health.get("queued_requests")))
@@ -348,8 +367,8 @@ async def _load(server: ServerProcess, seconds: float, concurrency: int, warmup:
         "rss_mb": {"start": r1(start.get("rss_mb")), "after_warmup": r1(after_warmup), "end": r1(end),
                    "peak": r1(max((mb for _, mb in rss), default=None)), "after_load": r1(after.get("rss_mb"))},
         "rss_growth_after_warmup_mb": growth,
-        "rss_growth_mb_per_minute": None if growth is None or load_seconds <= warmup else
-        round(growth * 60 / (load_seconds - warmup), 2),
+        "rss_slope_after_warmup_mb_per_minute": slope,
+        "rss_window_samples": RSS_WINDOW,
         "rss_samples": [[round(t, 1), round(mb, 1)] for t, mb in rss],
         "server_threads": {"start": start.get("threads"), "end": samples[-1][1].get("threads") if samples else None,
                            "after_load": after.get("threads")},
@@ -400,8 +419,10 @@ def summary_line(result: dict[str, Any]) -> str:
     """One line for the terminal."""
     rss = result["rss_mb"]
     growth = result["rss_growth_after_warmup_mb"]
+    slope = result["rss_slope_after_warmup_mb_per_minute"]
     return (f"soak {result['chat_type']}: {result['requests']} requests in {result['elapsed_seconds']:.0f} s "
             f"({result['requests_per_second']:.2f}/s, {result['concurrency']} clients), "
             f"{result['errors']['count']} errors; RSS {rss['start']} MB idle, {rss['after_warmup']} MB after warm-up, "
             f"{rss['end']} MB at the end (peak {rss['peak']}), growth after warm-up "
-            f"{'-' if growth is None else f'{growth:+.1f}'} MB")
+            f"{'-' if growth is None else f'{growth:+.1f}'} MB"
+            + ("" if slope is None else f" ({slope:+.1f} MB/min trend)"))
