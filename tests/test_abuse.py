@@ -216,7 +216,7 @@ def test_idle_and_non_reading_clients_cannot_starve_a_normal_request(voice_serve
     sockets = [connect(f"ws://127.0.0.1:{voice_server.port}/v1/stream?api_key={KEY}") for _ in range(4 * MAX_STREAMS)]
     for ws in sockets:
         assert json.loads(ws.recv())["type"] == "ready"
-    body = json.dumps({"text": "This answer is never read by the client that asked for it. " * 6}).encode()
+    body = json.dumps({"text": "This answer is never read by the client that asked for it. " * 4}).encode()
     head = (f"POST /tts HTTP/1.1\r\nHost: 127.0.0.1:{voice_server.port}\r\nAuthorization: Bearer {KEY}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     stuck = []
@@ -226,7 +226,12 @@ def test_idle_and_non_reading_clients_cannot_starve_a_normal_request(voice_serve
         sock.sendall(head + body)
         stuck.append(sock)
     try:
-        time.sleep(0.5)
+        # their answers are generated whether or not they read them; then their slots are free again,
+        # while the clients still sit on unread audio (before: each slot stayed held until its client read)
+        deadline = time.time() + 90
+        while httpx.get(voice_server.url + "/health").json()["active_streams"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(voice_server.url + "/health").json()["active_streams"] == 0
         started = time.perf_counter()
         _still_serves(voice_server.url)
         assert time.perf_counter() - started < 8  # --queue_timeout
