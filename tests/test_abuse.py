@@ -154,8 +154,21 @@ def _raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 30.
     started = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        answer = sock.recv(65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _content_length(answer):
+            piece = sock.recv(65536)  # the head and the body may come in separate segments
+            if not piece:
+                break
+            answer += piece
     return answer, time.perf_counter() - started
+
+
+def _content_length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def test_unauthenticated_huge_body_is_refused_before_it_is_read(voice_server):
