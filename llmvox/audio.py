@@ -17,16 +17,22 @@ from llmvox.errors import LLMVoXError
 
 DEFAULT_RATE = 24000
 SILENCE_PEAK = 1e-4  # about -80 dBFS: below this nothing audible is left
+MAX_RATE = 768_000  # higher header rates are nonsense, and soxr spends seconds converting them
+READ_BLOCK_SAMPLES = 1 << 18  # samples (frames x channels) per read: 1 MiB of float32
+UNKNOWN_FRAMES = 2**63 - 1  # SF_COUNT_MAX: libsndfile's frame count when a header does not know it
 
 
 def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE,
-               max_seconds: float | None = None) -> np.ndarray:
+               max_seconds: float | None = None, *, label: str | None = None) -> np.ndarray:
     """Read audio (path or the bytes of a file) -> float32 mono samples at `target_rate`.
 
     Raises LLMVoXError for a missing path, data that is not audio, or a file without samples.
-    With `max_seconds`, a longer file is refused (InputTooLarge) from its header, before its samples
-    are decoded, and never more than that many seconds are read even when the header lies.
-    Silent audio is returned as is; check it with `is_silent` where it matters.
+    With `max_seconds` (None or 0: no limit), a longer file is refused (InputTooLarge) from its header,
+    before its samples are decoded, and never more than that many seconds (+1 frame) are read, even when
+    the header lies or does not know the length (streamed FLAC/WAV). Samples are read in blocks of at
+    most READ_BLOCK_SAMPLES and mixed to mono as they come, so memory follows the mono length.
+    `label` names bytes in messages ("audio bytes" by default). Silent audio is returned as is; check it
+    with `is_silent` where it matters.
     """
     import soundfile as sf
 
@@ -34,8 +40,8 @@ def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE,
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise LLMVoXError("audio input is empty (0 bytes)")
-        label = "audio bytes"
+            raise LLMVoXError(f"{label or 'audio input'} is empty (0 bytes)")
+        label = label or "audio bytes"
         handle: io.BytesIO | str = io.BytesIO(bytes(source))
     else:
         path = Path(source)
@@ -43,25 +49,45 @@ def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE,
             raise LLMVoXError(f"audio file not found: {path}")
         if not path.is_file():
             raise LLMVoXError(f"audio path is not a file: {path}")
-        label = str(path)
+        label = label or str(path)
         handle = str(path)
+    limit = None
     try:
         with sf.SoundFile(handle) as f:
-            rate = f.samplerate
-            limit = None if max_seconds is None else int(max_seconds * rate) + 1
-            if limit is not None and f.frames > limit:
-                raise InputTooLarge(f"{label} is {f.frames / rate:.1f} s long; the limit is {max_seconds:g} s")
-            data = f.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
+            rate, frames = int(f.samplerate), int(f.frames)
+            if not 0 < rate <= MAX_RATE:
+                raise LLMVoXError(f"{label} has a sample rate of {rate} Hz; rates up to {MAX_RATE} Hz are read")
+            limit = int(max_seconds * rate) if max_seconds and max_seconds > 0 else None
+            if limit is not None and 0 <= frames < UNKNOWN_FRAMES and frames > limit:
+                raise InputTooLarge(f"{label} is {frames / rate:.1f} s long; the limit is {max_seconds:g} s")
+            mono = _read_mono(f, None if limit is None else limit + 1)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise LLMVoXError(f"{label} is not a readable audio file ({_reason(exc)})") from None
-    if limit is not None and data.shape[0] > limit:  # a header that did not tell the length
-        raise InputTooLarge(f"{label} is longer than the limit of {max_seconds:g} s")
-    if data.shape[0] == 0:
+    if limit is not None and len(mono) > limit:  # a header that did not tell (or lied about) the length
+        raise InputTooLarge(f"{label} is over {max_seconds:g} s long; the limit is {max_seconds:g} s")
+    if len(mono) == 0:
         raise LLMVoXError(f"{label} contains no audio samples")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise LLMVoXError(f"{label} contains NaN or infinite samples")
-    return resample(mono, int(rate), target_rate)
+    return resample(mono, rate, target_rate)
+
+
+def _read_mono(f, most: int | None) -> np.ndarray:
+    """Up to `most` frames (None: all) of an open SoundFile as float32 mono, a block at a time: one
+    read never allocates more than READ_BLOCK_SAMPLES, whatever the header claims."""
+    block = max(1, READ_BLOCK_SAMPLES // max(1, f.channels))
+    # soundfile seeks to "where the read ended" after each read, which libsndfile refuses at the end of a
+    # FLAC whose header lies about (or does not know) its length; sequential reads need no seeks, and a
+    # "non-seekable" file makes soundfile read what libsndfile has instead of trimming to the header's count
+    f.seekable = lambda: False
+    parts, total = [], 0
+    while most is None or total < most:
+        data = f.read(frames=block if most is None else min(block, most - total), dtype="float32", always_2d=True)
+        if not len(data):
+            break
+        parts.append(data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0])
+        total += len(data)
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:

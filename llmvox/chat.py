@@ -150,7 +150,8 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
     for message in earlier:
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = "".join(p["text"] for p in content
+                              if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
         if message.get("role") not in ("system", "user", "assistant") or not isinstance(content, str):
             raise ChatError("earlier messages must be system, user or assistant turns with text content")
         history.append({"role": message["role"], "content": content})
@@ -264,6 +265,8 @@ class ChatTurn:
         self._stream: Iterator[str] | None = None
         self._first: str | None = None
         self._started = False
+        self._ready = False  # start() succeeded: the stream waits for deltas()
+        self._reading = False  # deltas() has begun: it closes the stream and marks the turn finished
 
     # ---- state readable from other threads -------------------------------------------------
     @property
@@ -282,9 +285,20 @@ class ChatTurn:
                 "asr_seconds": round(self.asr_seconds, 3),
                 "first_token_seconds": None if self.first_token_seconds is None else round(self.first_token_seconds, 3)}
 
-    def cancel(self) -> None:
-        """Stop the answer (client gone, user interrupted); the LLM stops at its next token."""
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop the answer (client gone, user interrupted); the LLM stops at its next token. `reason` marks
+        the turn failed. A turn whose answer nobody reads yet (its speech failed to start) is finished here,
+        with an error, so transcript waiters are not left hanging."""
         self.cancel_event.set()
+        with self._lock:
+            idle = self._ready and not self._reading
+            self._reading = self._reading or idle
+        if reason and not self.error:
+            self.error = reason
+        if idle:
+            self.error = self.error or "the answer was cancelled before it was spoken"
+            self._close_stream()
+            self.finished.set()
 
     # ---- the work ----------------------------------------------------------------------------
     def recognise(self) -> str | None:
@@ -307,7 +321,7 @@ class ChatTurn:
             log.exception("turn %s: speech recognition failed", self.id)
             raise ChatError(f"speech recognition failed ({type(exc).__name__}); try again", 503) from None
         self.asr_seconds = time.perf_counter() - t0
-        if not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise ChatError("no words were recognised in the audio", 422)
         self.question = text.strip()
         return self.question
@@ -355,22 +369,21 @@ class ChatTurn:
             self.recognise()
             s = self.settings
             stops = [s.eos_token] if s.eos_token else None
+            messages = self.messages()
             try:
-                messages, max_tokens = self.llm.fit_messages(self.messages(), s.max_tokens)
-            except ChatError:
-                raise
-            except LLMVoXError as exc:
-                raise ChatError(str(exc), getattr(exc, "status", 400)) from None
-            self._stream = iter(self.llm.stream_chat(
-                messages, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
-                top_k=s.top_k, stop=stops, cancel=self.cancel_event, seed=s.seed))
-            try:
+                messages, max_tokens = self.llm.fit_messages(messages, s.max_tokens)
+                self._stream = iter(self.llm.stream_chat(
+                    messages, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
+                    top_k=s.top_k, stop=stops, cancel=self.cancel_event, seed=s.seed))
                 self._first = next(self._stream)
             except StopIteration:
                 self._first = None
             except ChatError:
                 raise
             except LLMVoXError as exc:
+                status = getattr(exc, "status", None)
+                if isinstance(status, int) and 400 <= status < 500:  # the input's fault: too long for the model
+                    raise ChatError(str(exc), status) from None
                 raise ChatError(f"the LLM failed before answering: {exc}", 502) from None
             except Exception as exc:  # noqa: BLE001 - any backend failure is a 502 with the turn marked failed
                 log.exception("turn %s: the LLM failed before answering", self.id)
@@ -386,6 +399,8 @@ class ChatTurn:
             self.finished.set()
             raise
         self.first_token_seconds = time.perf_counter() - t0
+        with self._lock:
+            self._ready = True
         return self
 
     def _append(self, text: str) -> None:
@@ -402,6 +417,10 @@ class ChatTurn:
         """The answer as it is written (starting the turn if needed). Ends on cancel, on the answer's end,
         or after a spoken apology when the LLM breaks off."""
         self.start()
+        with self._lock:
+            if self._reading:  # cancelled before anyone read the answer (or read twice): nothing to say
+                return
+            self._reading = True
         try:
             if self._first is None:
                 if not self.cancel_event.is_set():

@@ -126,15 +126,21 @@ def test_cancelling_a_turn_stops_the_llm(tiny_lm):
     assert turn.done and turn.snapshot()["cancelled"]
 
 
-def test_llm_failures_before_and_during_the_answer(tmp_path):
+def test_llm_failures_before_and_during_the_answer(tmp_path, monkeypatch):
     from llmvox.llm.transformers_backend import TransformersBackend
 
     short_context = TransformersBackend(build_causal_lm(tmp_path, arch="gpt2", n_positions=64))
+    long_prompt = ChatSettings(system_prompt="the cat sat on the mat. " * 30)
+    # the backend knows its context: a prompt that cannot fit is the request's fault (413), said up front
+    with pytest.raises(ChatError, match="the model's context is 64 tokens") as info:
+        ChatTurn(ChatRequest(text="hello"), short_context, settings=long_prompt).start()
+    assert info.value.status == 413
+    # a backend that does not fit its prompt fails in the model itself: mid-answer and before it
+    monkeypatch.setattr(short_context, "fit_messages", lambda messages, max_tokens: (messages, max_tokens))
     turn = ChatTurn(ChatRequest(text="hello"), short_context, settings=ChatSettings(max_tokens=200, system_prompt="x"))
     answer = turn.run()  # runs past the 64-token context: the model fails mid-answer
     assert answer.endswith(APOLOGY) and len(answer) > len(APOLOGY)
     assert "broke off" in turn.error
-    long_prompt = ChatSettings(system_prompt="the cat sat on the mat. " * 30)
     with pytest.raises(ChatError, match="failed before answering") as info:
         ChatTurn(ChatRequest(text="hello"), short_context, settings=long_prompt).start()
     assert info.value.status == 502

@@ -23,6 +23,7 @@ ASR_RATE = 16_000
 # four-byte signatures of the containers soundfile reads (WAV, FLAC, OGG, AIFF); shorter ones (MP3 sync
 # words) would also match ordinary PCM samples, so raw PCM could be mistaken for a file
 FILE_MAGIC = (b"RIFF", b"RIFX", b"fLaC", b"OggS", b"FORM")
+FILE_BYTES_PER_SECOND = 96_000 * 2 * 4  # the densest file taken: 96 kHz stereo float32
 
 
 @dataclass(frozen=True)
@@ -89,36 +90,59 @@ def looks_like_audio_file(raw: bytes) -> bool:
 def decode_file(raw: bytes, rate: int = ASR_RATE, what: str = "audio file",
                 max_seconds: float | None = None) -> np.ndarray:
     """An audio file's bytes (any format soundfile reads, any rate, any channels) -> float32 mono at `rate`.
-    A file longer than `max_seconds` is refused from its header, before it is decoded."""
+    A file longer than `max_seconds` (None or 0: no limit) is refused from its header, before it is
+    decoded, and no more than that is ever read."""
     from llmvox.audio import load_audio
 
     try:
-        return load_audio(raw, target_rate=rate, max_seconds=max_seconds)
+        return load_audio(raw, target_rate=rate, max_seconds=max_seconds, label=what)
     except InputTooLarge as exc:
-        raise InputTooLarge(f"{str(exc).replace('audio bytes', what, 1)} (--asr_max_audio_length)") from None
+        raise InputTooLarge(f"{exc} (--asr_max_audio_length)") from None
     except LLMVoXError as exc:
-        raise InputError(f"{what}: {exc}") from None
+        raise InputError(str(exc)) from None
 
 
 def decode_audio_base64(data: str, *, pcm_rate: int = ASR_RATE, rate: int = ASR_RATE,
-                        what: str = "audio_base64", max_seconds: float | None = None) -> np.ndarray:
+                        what: str = "audio_base64", max_seconds: float | None = None,
+                        pcm: bool = True) -> np.ndarray:
     """The original's base64 field: int16 PCM at `pcm_rate`, or an encoded audio file -> float32 at `rate`.
-    With `max_seconds`, longer audio is refused before it is converted (PCM: from its byte count; files:
-    from their header)."""
-    from llmvox.llm.images import decode_base64
 
+    With `max_seconds` (None or 0: no limit, as before), longer audio is refused before the string is
+    decoded: PCM from the byte count its length implies, files by a generous size cap and then from their
+    header. `pcm=False` reads the bytes as an audio file only (OpenAI's `input_audio` with a format)."""
+    from llmvox.llm.images import base64_head, base64_size, decode_base64
+
+    if max_seconds and max_seconds > 0 and isinstance(data, str):
+        size = base64_size(data, what)
+        if pcm and not looks_like_audio_file(base64_head(data)):
+            _check_pcm_size(size, pcm_rate, max_seconds, what)
+        elif size > (cap := max_file_bytes(max_seconds)):
+            raise InputTooLarge(f"{what} is a {size / 2**20:.1f} MB audio file; for {max_seconds:g} s of audio "
+                                f"the limit is {cap / 2**20:.1f} MB (--asr_max_audio_length)")
     raw = decode_base64(data, what)
-    if looks_like_audio_file(raw):
+    if not pcm or looks_like_audio_file(raw):
         return decode_file(raw, rate, what, max_seconds)
-    if max_seconds is not None and len(raw) / 2 / pcm_rate > max_seconds:
-        raise InputTooLarge(f"{what} is {len(raw) / 2 / pcm_rate:.1f} s of 16-bit PCM at {pcm_rate} Hz; the limit is "
-                            f"{max_seconds:g} s (--asr_max_audio_length)")
+    if max_seconds and max_seconds > 0:
+        _check_pcm_size(len(raw), pcm_rate, max_seconds, what)
     samples = pcm16_to_float(raw, what)
     if pcm_rate != rate:
         from llmvox.audio import resample
 
         samples = resample(samples, pcm_rate, rate)
     return samples
+
+
+def max_file_bytes(max_seconds: float) -> int:
+    """The largest audio file taken for `max_seconds`: 96 kHz stereo float32 WAV (768 kB/s), plus room for
+    its headers and tags; phones and browsers send far less (16-bit mono, or compressed)."""
+    return int(max_seconds * FILE_BYTES_PER_SECOND) + (1 << 20)
+
+
+def _check_pcm_size(size: int, pcm_rate: int, max_seconds: float, what: str) -> None:
+    seconds = size / 2 / pcm_rate
+    if seconds > max_seconds:
+        raise InputTooLarge(f"{what} is {seconds:.1f} s of 16-bit PCM at {pcm_rate} Hz; the limit is "
+                            f"{max_seconds:g} s (--asr_max_audio_length)")
 
 
 def load_question(*, audio_base64: str | None = None, upload: bytes | None = None, rate: int = ASR_RATE,

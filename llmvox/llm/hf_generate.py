@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmvox.errors import LLMVoXError
-from llmvox.llm.base import LLMBackend
+from llmvox.llm.base import LLMBackend, fit_to_context
 
 
 class StopText:
@@ -183,20 +183,56 @@ def eos_ids(model, tokenizer, eos_token: str | None) -> list[int]:
     return sorted(set(ids))
 
 
+def context_size(model, tokenizer=None) -> int | None:
+    """The most tokens the model takes (prompt plus answer), from its config; None when it does not say."""
+    config = getattr(model, "config", None)
+    sizes = []
+    for part in (config, getattr(config, "text_config", None)):
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(part, name, None)
+            if isinstance(value, int) and value > 0:
+                sizes.append(value)
+                break
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:  # unset, transformers reports a huge sentinel
+        sizes.append(limit)
+    return min(sizes) if sizes else None
+
+
 class HFChatBackend(LLMBackend):
     """What the transformers backends share: one answer at a time, streamed through `stream_generate`.
 
     Subclasses set model, tokenizer, eos/pad ids, `_lock`, `_count` and define `prompt_inputs`.
     """
 
+    _fitted: tuple[list[dict], dict] | None = None  # the last fitted messages and their inputs, reused once
+
     def prompt_inputs(self, messages: list[dict]) -> dict:
         raise NotImplementedError
+
+    def fit_messages(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+        """Oldest turns dropped until the templated prompt (media tokens included) leaves room for an answer
+        in the model's positions; past them generate() fails or the model writes garbage."""
+        context = context_size(self.model, self.tokenizer)
+        if context is None:
+            return messages, max_tokens
+        last: list = [None, None]  # the latest (messages, inputs) encoded
+
+        def prompt_tokens(kept: list[dict]) -> int:
+            last[:] = [kept, self.prompt_inputs(kept)]
+            return int(last[1]["input_ids"].shape[-1])
+
+        fitted, budget = fit_to_context(messages, max_tokens, context, prompt_tokens)
+        if last[0] is not None and [id(m) for m in last[0]] == [id(m) for m in fitted]:
+            self._fitted = (fitted, last[1])  # stream_chat uses these inputs instead of encoding again
+        return fitted, budget
 
     def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
                     top_p: float = 0.95, top_k: int = 40, stop: list[str] | None = None,
                     cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
         with self._lock:
-            inputs = self.prompt_inputs(messages)
+            fitted, self._fitted = self._fitted, None
+            inputs = fitted[1] if fitted is not None and fitted[0] is messages else self.prompt_inputs(messages)
             yield from stream_generate(
                 self.model, self.tokenizer, inputs, max_new_tokens=max_tokens,
                 sampling=sampling_kwargs(temperature, top_p, top_k), eos_token_ids=self.eos_token_ids,

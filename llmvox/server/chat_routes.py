@@ -362,7 +362,13 @@ def chat_router(state: ChatState) -> APIRouter:
                 put(("audio_end", None))
 
         if want_audio:
-            answer = state.speak(text_tee(), turn.id)
+            try:
+                answer = state.speak(text_tee(), turn.id)
+            except ChatError as exc:  # the voice could not take the answer: nothing was said yet
+                turn.cancel(str(exc))
+                _release(lease)
+                _count_error(state, endpoint, _code(exc.status))
+                return error_response(exc.status, str(exc), _code(exc.status))
         threading.Thread(target=pump, name=f"chat-completion-{turn.id}", daemon=True).start()
         pending = {"text_end", "audio_end"} if want_audio else {"text_end"}
         close = _closer(state, endpoint, turn, answer, lease)
