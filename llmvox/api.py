@@ -18,6 +18,7 @@ from llmvox.device import resolve_device
 from llmvox.engine.generate import EOA_ID, Generation, generate
 from llmvox.errors import LLMVoXError
 from llmvox.model.speech_decoder import SpeechDecoder
+from llmvox.text.frontend import ByteFrontend, TextFrontend, frontend_from_config
 
 SAMPLE_RATE = 24000
 DEFAULT_VOICE_DIR = Path(__file__).resolve().parent / "voices" / "default"
@@ -48,7 +49,8 @@ class LLMVoX:
     """A voice: the speech decoder (with its text table) and the codec that turns codes into audio."""
 
     def __init__(self, decoder: SpeechDecoder, codec: Any, *, max_audio_length: int = 8000,
-                 eoa_id: int = EOA_ID, device: str | torch.device | None = None, name: str = "llmvox"):
+                 eoa_id: int = EOA_ID, device: str | torch.device | None = None, name: str = "llmvox",
+                 frontend: TextFrontend | None = None):
         self.device = resolve_device(device)
         self.decoder = decoder.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -56,6 +58,7 @@ class LLMVoX:
         self.eoa_id = eoa_id
         self.sample_rate = int(getattr(codec, "sample_rate", SAMPLE_RATE))
         self.name = name
+        self.frontend = frontend or ByteFrontend()  # how the decoder reads text (the bundle says)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -83,7 +86,8 @@ class LLMVoX:
         ids = config.get("special_ids", {})
         return cls(_pair(gpt, table, codec, f"{path}/decoder.safetensors", f"{path}/codec.safetensors"), codec,
                    max_audio_length=int(gen.get("max_audio_length", 8000)), eoa_id=int(ids.get("eoa", EOA_ID)),
-                   device=device, name=config.get("name", Path(path).name))
+                   device=device, name=config.get("name", Path(path).name),
+                   frontend=frontend_from_config(config.get("text_frontend")))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | None = None,
@@ -110,6 +114,8 @@ class LLMVoX:
         from llmvox.bundle import save_bundle
 
         extra = {"generation": {"max_audio_length": self.max_audio_length}, "name": self.name}
+        if self.frontend.kind != "byt5":
+            extra["text_frontend"] = self.frontend.config()
         extra.update(extra_config or {})
         return save_bundle(path, self.decoder.gpt, self.decoder.text_embedding.weight, self.codec,
                            dtype=dtype, extra_config=extra)
@@ -126,7 +132,7 @@ class LLMVoX:
         if not chunks:
             raise LLMVoXError("text is empty: nothing to say")
         return generate(self.decoder, chunks, max_tokens=max_tokens, max_audio_length=self.max_audio_length,
-                        eoa_id=self.eoa_id, keep_logits=keep_logits)
+                        eoa_id=self.eoa_id, keep_logits=keep_logits, frontend=self.frontend)
 
     @torch.inference_mode()
     def decode(self, codes: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:

@@ -302,3 +302,24 @@ def test_text_source_llmvox_error_ends_the_stream_too(tts):
 
     with pytest.raises(LLMVoXError, match="the backend gave up"):
         list(tts.stream(deltas(), max_audio_length=MAX_CODES, num_workers=1))
+
+
+def test_a_phoneme_voice_streams_the_ids_its_front_end_reads(tts):
+    """The engine follows the voice's front-end: word-by-word deltas give the codes of the whole sentence
+    read by the g2p (the random decoder only needs ids inside its table)."""
+    pytest.importorskip("hibari")
+    from llmvox.api import LLMVoX
+    from llmvox.text.frontend import PhonemeFrontend
+
+    frontend = PhonemeFrontend()
+    voice = LLMVoX(tts.decoder, tts.codec, max_audio_length=MAX_CODES, frontend=frontend)
+    text = "The apple is red. The dog runs to the park!"
+    with SpeechEngine(voice, num_workers=2, threads=1, config=StreamConfig(max_audio_length=MAX_CODES)) as eng:
+        stream, chunks = run_stream(eng, [w + " " for w in text.split()], delay=0.002)
+    assert stream.segments == 2 and chunks
+    for i, words in enumerate(stream.sentences):
+        expected = [c for _, c, _, eoa in generate_segment(voice.decoder, words, max_audio_length=MAX_CODES,
+                                                           frontend=frontend) if not eoa]
+        assert stream.segment_codes(i) == expected, words
+        assert expected != expected_codes(tts, words)  # bytes would have said something else
+    assert voice.generate(text).codes == stream.codes

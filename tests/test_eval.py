@@ -30,6 +30,20 @@ def test_scores_are_corpus_level_and_normalised():
     assert score(["a b"], ["a b c d e"])["wer"] == pytest.approx(1.5)  # insertions are not capped here
 
 
+def test_endings_count_missing_last_words_and_run_ons():
+    from llmvox.bench.intelligibility import ending
+
+    said = "The tour starts at noon and costs $12.50 per person."
+    assert ending(said, "The tour starts at noon and costs twelve dollars and fifty cents.") == {
+        "missing_end_words": 2, "extra_end_words": 0}
+    assert ending(said, "the tour starts at noon and costs twelve dollars and fifty cents per person") == {
+        "missing_end_words": 0, "extra_end_words": 0}
+    assert ending("Whales are mammals.", "Wells or mammals") == {"missing_end_words": 0, "extra_end_words": 0}
+    assert ending("Whales are mammals.", "Whales are mammals and so on.") == {"missing_end_words": 0,
+                                                                             "extra_end_words": 3}
+    assert ending("Whales are mammals.", "") == {"missing_end_words": 3, "extra_end_words": 0}
+
+
 def test_sentence_file_errors(tmp_path):
     with pytest.raises(LLMVoXError, match="not found"):
         read_sentences(tmp_path / "none.txt")
@@ -110,7 +124,8 @@ def test_eval_end_to_end_with_real_whisper_teacher_and_codec(tiny_bundle, tmp_pa
     for system in ("voice", "teacher", "codec"):
         wav = Path(row[system]["wav"])
         assert wav.is_file() and wav.parent == out.parent / "eval_wavs" / system
-        assert set(row[system]) >= {"hypothesis", "wer", "cer", "seconds"}
+        assert set(row[system]) >= {"hypothesis", "wer", "cer", "seconds", "missing_end_words", "extra_end_words"}
+    assert result["systems"]["teacher"]["truncated_endings"] == 0  # the teacher says every last word
     assert "teacher" in capsys.readouterr().err  # the table
 
 

@@ -9,8 +9,9 @@ import torch
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.text.tokenizer import encode_chunk, encode_words
+from llmvox.text.tokenizer import plain_text as text_of
 from llmvox.train import phonemes as phonemes_module
-from llmvox.train.phonemes import BLANK, PhonemeCTC, phoneme_table, text_of
+from llmvox.train.phonemes import BLANK, PhonemeCTC, phoneme_table
 
 pytest.importorskip("hibari")
 

@@ -658,3 +658,34 @@ def test_phoneme_ctc_trains_a_head_kept_outside_the_model_and_resumes_exactly(wo
                          (["--phoneme_ctc_layer", "2"], "the decoder has layers 0..1")):
         assert main([*common, "--out_dir", str(tmp_path / "bad"), "--max_iters", "1", *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_phoneme_voice_trains_on_its_front_ends_ids_and_its_bundle_says_so(world, tmp_path, capsys):
+    pytest.importorskip("hibari")
+    from llmvox.api import LLMVoX
+    from llmvox.text.frontend import PhonemeFrontend
+    from llmvox.train.cache import CodeCache
+    from llmvox.train.text_ids import TEXT_IDS_FILE, FrontendCache
+
+    cache = CodeCache(world["cache"])
+    view = FrontendCache(cache, PhonemeFrontend(), store=tmp_path / TEXT_IDS_FILE)
+    for i in range(len(cache)):  # the cache keeps bytes; the run reads each transcript as inference streams it
+        assert list(view.text_ids(i)) == PhonemeFrontend().encode_words(cache.text(i).split())
+        assert list(view.text_ids(i)) != list(cache.text_ids(i)) and np.array_equal(view.codes(i), cache.codes(i))
+    common = ["train", "--data_path", str(world["cache"]), *TINY, "--batch_size", "4", "--learning_rate", "3e-3",
+              "--warmup_iters", "5", "--val_fraction", "0", "--log_interval", "5", "--dtype", "float32",
+              "--eval_interval", "10", "--text_frontend", "phonemes", *codec_args(world)]
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert main([*common, "--out_dir", str(out), "--max_iters", "10", "--export_bundle", str(bundle)]) == 0
+    assert "text front-end phonemes" in capsys.readouterr().err
+    meta = torch.load(out / "ckpt.pt", weights_only=True)["llmvox"]["text_frontend"]
+    assert meta == PhonemeFrontend().config()
+    assert json.loads((bundle / "config.json").read_text())["text_frontend"] == meta
+    voice = LLMVoX.from_bundle(bundle)
+    assert voice.frontend.kind == "phonemes"
+    ids = PhonemeFrontend().encode_words(["alpha", "bravo."])
+    assert voice.generate("alpha bravo.").text_ids[:len(ids)] == ids
+    # a run keeps the front-end it started with
+    assert main([*common[:-4], "--text_frontend", "byt5", *codec_args(world), "--out_dir", str(out),
+                 "--max_iters", "12", "--init_from", "resume"]) == 2
+    assert "trained with the phonemes text front-end, not --text_frontend byt5" in capsys.readouterr().err

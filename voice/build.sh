@@ -72,7 +72,7 @@ case "$stage" in
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-7000}" \
       --lr_decay_iters="${MAX_ITERS:-7000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
       --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} \
-      --phoneme_ctc_weight="${CTC:-1}" "${init[@]}" "$@" ;;
+      --phoneme_ctc_weight="${CTC:-1}" --text_frontend="${FRONTEND:-byt5}" "${init[@]}" "$@" ;;
   probe)
     mkdir -p "$VOICE_DIR/probe" voice/probe
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile

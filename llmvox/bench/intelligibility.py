@@ -85,6 +85,25 @@ def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
+def ending(reference: str, hypothesis: str) -> dict[str, int]:
+    """How the sentence's end came out: reference words missing after the last one heard
+    (`missing_end_words`, a truncated ending) and words heard after the reference's end
+    (`extra_end_words`, the voice running on), from the word alignment of the normalised texts."""
+    import jiwer
+
+    ref, hyp = normalize_for_wer(reference), normalize_for_wer(hypothesis)
+    if not ref:
+        return {"missing_end_words": 0, "extra_end_words": len(hyp.split())}
+    if not hyp:
+        return {"missing_end_words": len(ref.split()), "extra_end_words": 0}
+    last = jiwer.process_words(ref, hyp).alignments[0][-1]
+    if last.type == "delete":
+        return {"missing_end_words": last.ref_end_idx - last.ref_start_idx, "extra_end_words": 0}
+    if last.type == "insert":
+        return {"missing_end_words": 0, "extra_end_words": last.hyp_end_idx - last.hyp_start_idx}
+    return {"missing_end_words": 0, "extra_end_words": 0}
+
+
 def run_system(name: str, sentences: list[str], synth: Synthesizer, asr, wav_dir: Path, *,
                keep_audio: bool = False, progress: bool = True) -> SystemResult:
     """Synthesize and transcribe every sentence; WAVs go to wav_dir/name/NNN.wav."""
@@ -164,10 +183,15 @@ def evaluate(sentences: list[str], *, voice=None, teacher=None, codec=None, asr,
             "synth_seconds": round(total_synth, 2),
             "real_time_factor": round(total_synth / total_audio, 4) if total_audio else None,
         }
+        endings = []
         for row, hyp, wav, secs in zip(per_sentence, sys_result.hypotheses, sys_result.wavs,
                                        sys_result.audio_seconds, strict=True):
-            row[sys_result.name] = {"hypothesis": hyp, **score([row["text"]], [hyp]), "wav": wav,
+            endings.append(ending(row["text"], hyp))
+            row[sys_result.name] = {"hypothesis": hyp, **score([row["text"]], [hyp]), **endings[-1], "wav": wav,
                                     "seconds": round(secs, 3)}
+        result["systems"][sys_result.name] |= {
+            "truncated_endings": sum(e["missing_end_words"] > 0 for e in endings),
+            "run_on_endings": sum(e["extra_end_words"] > 0 for e in endings)}
     result["sentences"] = per_sentence
     names = {"voice": "", "teacher": "teacher_", "codec": "codec_"}
     for name, prefix in names.items():
@@ -181,10 +205,10 @@ def evaluate(sentences: list[str], *, voice=None, teacher=None, codec=None, asr,
 
 
 def format_table(result: dict[str, Any]) -> str:
-    rows = ["system     WER      CER     audio s   synth s   RTF"]
+    rows = ["system     WER      CER     audio s   synth s   RTF    cut end  runs on"]
     for name, r in result["systems"].items():
         rtf = f"{r['real_time_factor']:.3f}" if r["real_time_factor"] is not None else "-"
         rows.append(f"{name:8s} {100 * r['wer']:6.1f}% {100 * r['cer']:6.1f}%  {r['audio_seconds']:8.1f}  "
-                    f"{r['synth_seconds']:8.1f}  {rtf}")
+                    f"{r['synth_seconds']:8.1f}  {rtf:6s} {r['truncated_endings']:7d}  {r['run_on_endings']:7d}")
     rows.append(f"({result['n_sentences']} sentences; WAVs in {result['wav_dir']})")
     return "\n".join(rows)

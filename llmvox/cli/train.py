@@ -65,6 +65,8 @@ _HELP: dict[str, str] = {
     "phoneme_ctc_weight": "> 0: a training-only CTC head must spell the teacher's phonemes (hibari g2p) from "
                           "the decoder's states: a pronunciation target (default 0 = off)",
     "phoneme_ctc_layer": "the layer whose output the phoneme CTC head reads (default: the middle one)",
+    "text_frontend": "how the decoder reads text: byt5 (bytes, as the original; default) or phonemes (misaki "
+                     "phonemes from the hibari g2p, word by word); stored in the checkpoint and bundle",
     "bucket_window": "length bucketing: sort within windows of this many batches (default 64)",
     "eval_interval": "held-out eval + checkpoint every N steps (default 500)",
     "eval_iters": "held-out batches per eval (0 = all; default 20)",
@@ -84,7 +86,7 @@ _HELP: dict[str, str] = {
 }
 _CHOICES = {"on_error": ["skip", "fail"], "dtype": ["auto", "float32", "bfloat16", "float16"],
             "backend": ["auto", "gloo", "nccl"], "export_dtype": ["float32", "bfloat16", "float16"],
-            "wandb_mode": ["offline", "online", "disabled"]}
+            "wandb_mode": ["offline", "online", "disabled"], "text_frontend": ["byt5", "phonemes"]}
 
 
 def str2bool(value: str | bool) -> bool:

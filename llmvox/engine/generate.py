@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from llmvox.model.speech_decoder import NO_CODE, SpeechDecoder
-from llmvox.text.tokenizer import PAD_ID, encode_chunk
+from llmvox.text.frontend import ByteFrontend, TextFrontend
+from llmvox.text.tokenizer import PAD_ID
 
 EOA_ID = 453
 SENTENCE_END_CHARS = ".!?"
@@ -47,12 +48,9 @@ def split_segments(chunks: Sequence[str]) -> list[list[str]]:
     return segments
 
 
-def segment_text_ids(chunks: Sequence[str]) -> list[int]:
-    """Text ids of one segment: each chunk tokenized alone, the last one closing the sentence."""
-    ids: list[int] = []
-    for i, chunk in enumerate(chunks):
-        ids.extend(encode_chunk(chunk, ends_sentence=i == len(chunks) - 1))
-    return ids
+def segment_text_ids(chunks: Sequence[str], frontend: TextFrontend | None = None) -> list[int]:
+    """Text ids of one segment as the voice's front-end reads it (default: the original byte ids)."""
+    return (frontend or ByteFrontend()).encode_words(chunks)
 
 
 def generate_segment(
@@ -63,6 +61,7 @@ def generate_segment(
     eoa_id: int = EOA_ID,
     step_budget: int | None = None,
     keep_logits: bool = False,
+    frontend: TextFrontend | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray | None, bool]]:
     """Yield (text id fed, code predicted, logits or None, is_eoa) for each step of one segment.
 
@@ -70,7 +69,7 @@ def generate_segment(
     the EOA step is yielded with is_eoa=True so callers can drop it. Also stops at `max_audio_length`
     steps or when `step_budget` steps were taken.
     """
-    ids = segment_text_ids(chunks)
+    ids = segment_text_ids(chunks, frontend)
     limit = min(max(max_audio_length, len(ids)), decoder.config.block_size)
     if step_budget is not None:
         limit = min(limit, step_budget)
@@ -101,6 +100,7 @@ def generate(
     max_audio_length: int = 8000,
     eoa_id: int = EOA_ID,
     keep_logits: bool = False,
+    frontend: TextFrontend | None = None,
 ) -> Generation:
     """Codes for whitespace chunks, one segment per sentence; `max_tokens` caps the total steps."""
     out = Generation()
@@ -111,7 +111,7 @@ def generate(
         out.segments += 1
         for text_id, code, logits, is_eoa in generate_segment(
             decoder, segment, max_audio_length=max_audio_length, eoa_id=eoa_id,
-            step_budget=budget, keep_logits=keep_logits,
+            step_budget=budget, keep_logits=keep_logits, frontend=frontend,
         ):
             out.text_ids.append(text_id)
             if logits is not None:

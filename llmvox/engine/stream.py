@@ -43,8 +43,9 @@ import torch
 
 from llmvox.engine.scheduler import CodecWorker, DecoderWorker, SegmentJob
 from llmvox.errors import LLMVoXError
+from llmvox.text.frontend import ByteFrontend, WordReader
 from llmvox.text.segment import SpeakableStream, SpeakableWord
-from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, encode_chunk
+from llmvox.text.tokenizer import PAD_ID
 
 if TYPE_CHECKING:
     from llmvox.api import LLMVoX
@@ -235,6 +236,7 @@ class _Chunk:
 class _Segment:
     index: int
     lane: int
+    reader: WordReader  # the voice's front-end, reading this sentence word by word
     words: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)  # ids fed before the job started
     text_done: bool = False
@@ -270,6 +272,7 @@ class SpeechStream:
         self.config = config
         self.request_id = request_id
         self.max_audio_length = config.max_audio_length or engine.tts.max_audio_length
+        self._frontend = getattr(engine.tts, "frontend", None) or ByteFrontend()
         self._queue: queue.Queue | None = None
         if sink is None:
             self._queue = queue.Queue()
@@ -413,7 +416,8 @@ class SpeechStream:
     def _add_word(self, word: SpeakableWord) -> None:
         seg = self._open
         if seg is None:
-            seg = _Segment(index=len(self._segments), lane=len(self._segments) % len(self._lanes))
+            seg = _Segment(index=len(self._segments), lane=len(self._segments) % len(self._lanes),
+                           reader=self._frontend.reader())
             if self._history_segments == seg.index:  # every earlier segment is done: its context is known
                 seg.offset = len(self._history)
             self._segments.append(seg)
@@ -421,7 +425,8 @@ class SpeechStream:
             lane = self._lanes[seg.lane]
             lane.queue.append(seg)
         seg.words.append(word.text)
-        self._feed_segment(seg, encode_chunk(word.text, ends_sentence=word.ends_sentence), word.ends_sentence)
+        ids = seg.reader.push(word.text)
+        self._feed_segment(seg, ids + seg.reader.finish() if word.ends_sentence else ids, word.ends_sentence)
         if word.ends_sentence:
             self._open = None
         self._start_lane(self._lanes[seg.lane])
@@ -431,7 +436,7 @@ class SpeechStream:
         if its last word had been marked (`</s>` is already there, 385 follows it)."""
         seg = self._open
         if seg is not None:
-            self._feed_segment(seg, [SENTENCE_END_ID], True)
+            self._feed_segment(seg, seg.reader.finish(), True)
             self._open = None
 
     def _feed_segment(self, seg: _Segment, ids: list[int], last: bool) -> None:

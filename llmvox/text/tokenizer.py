@@ -35,6 +35,15 @@ def encode_words(words: Iterable[str]) -> list[int]:
     return ids
 
 
+def plain_text(ids: Iterable[int]) -> str:
+    """The plain text of decoder byte ids (chunk and sentence markers become spaces): the transcript."""
+    out = bytearray()
+    for i in ids:
+        i = int(i)
+        out.append(i - BYTE_OFFSET if BYTE_OFFSET <= i < BYTE_OFFSET + 256 else 0x20)
+    return " ".join(out.decode("utf-8", errors="replace").split())
+
+
 def decode_ids(ids: Iterable[int]) -> str:
     """Readable text for ids (special ids shown as markers); for logs and debugging."""
     out: list[str] = []

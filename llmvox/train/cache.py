@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from llmvox.errors import LLMVoXError
-from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, TEXT_VOCAB_SIZE, encode_words
+from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, TEXT_VOCAB_SIZE, encode_words, plain_text
 
 if TYPE_CHECKING:
     from llmvox.codec.wavtokenizer import WavTokenizer
@@ -226,6 +226,10 @@ class CodeCache:
     def text_ids(self, i: int) -> np.ndarray:
         r = self.records[i]
         return self._text[r.shard][r.text_offset : r.text_offset + r.n_text]
+
+    def text(self, i: int) -> str:
+        """Utterance i's transcript (read back from its byte ids)."""
+        return plain_text(self.text_ids(i))
 
     def codebook(self) -> np.ndarray:
         """(K, D) float32 code features (the codec's codebook rows)."""

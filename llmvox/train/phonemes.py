@@ -28,20 +28,10 @@ from torch import Tensor, nn
 
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT
-from llmvox.text.tokenizer import BYTE_OFFSET
 from llmvox.train.batching import IGNORE_INDEX, Batch
 
 BLANK = 0  # the g2p's own padding id (never a phoneme) is CTC's blank
 PHONEME_TABLE_FILE = "phonemes.npz"  # the g2p's output for a run's corpus, next to its checkpoint
-
-
-def text_of(ids: Sequence[int]) -> str:
-    """The plain text of decoder text ids (byte ids only; chunk and sentence markers become spaces)."""
-    out = bytearray()
-    for i in ids:
-        i = int(i)
-        out.append(i - BYTE_OFFSET if BYTE_OFFSET <= i < BYTE_OFFSET + 256 else 0x20)
-    return " ".join(out.decode("utf-8", errors="replace").split())
 
 
 class G2P:

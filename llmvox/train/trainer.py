@@ -51,6 +51,7 @@ from torch import nn
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.model.speech_decoder import SpeechDecoder
+from llmvox.text.frontend import FRONTENDS, TextFrontend, frontend_from_config, new_frontend
 from llmvox.text.tokenizer import PAD_ID, SENTENCE_END_ID, TEXT_VOCAB_SIZE
 from llmvox.train.alignment import GuidedAttention, parse_heads
 from llmvox.train.batching import (
@@ -61,7 +62,8 @@ from llmvox.train.batching import (
     make_batch,
     sequence_lengths,
 )
-from llmvox.train.phonemes import PHONEME_TABLE_FILE, PhonemeCTC, phoneme_table, text_of
+from llmvox.train.phonemes import PHONEME_TABLE_FILE, PhonemeCTC, phoneme_table
+from llmvox.train.text_ids import TEXT_IDS_FILE, FrontendCache
 
 log = logging.getLogger("llmvox.train")
 
@@ -127,6 +129,7 @@ class TrainConfig:
     guided_attn_sigma: float = 0.2
     phoneme_ctc_weight: float = 0.0  # > 0: a training-only CTC head must spell the teacher's phonemes
     phoneme_ctc_layer: int | None = None  # whose hidden states it reads (default: the middle layer)
+    text_frontend: str = "byt5"  # how the decoder reads its text: byt5 (bytes, the original) or phonemes
     # evaluation, checkpoints, logs
     eval_interval: int = 500
     eval_iters: int = 20
@@ -418,7 +421,8 @@ def _bundle_as_checkpoint(folder: Path) -> dict[str, Any]:
     training = config.get("training", {})
     return {"model": model, "model_args": dict(config["decoder"]), "text_embedding": table,
             "iter_num": int(training.get("iter_num", 0)),
-            "llmvox": {"codec_fingerprint": training.get("codec_fingerprint")}}
+            "llmvox": {"codec_fingerprint": training.get("codec_fingerprint"),
+                       "text_frontend": config.get("text_frontend") or {"kind": "byt5"}}}
 
 
 def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: str | os.PathLike, *,
@@ -447,6 +451,8 @@ def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: 
     extra = {"name": name or Path(out_dir).name,
              "generation": {"max_audio_length": max(config.block_size - 24, 1)},
              "training": {"iter_num": int(ckpt.get("iter_num", 0)), "codec_fingerprint": expected}}
+    if meta.get("text_frontend", {}).get("kind", "byt5") != "byt5":
+        extra["text_frontend"] = meta["text_frontend"]
     return save_bundle(out_dir, gpt, table, codec, dtype=dtype, extra_config=extra)
 
 
@@ -569,6 +575,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise LLMVoXError("--guided_attn_weight must be >= 0 and --guided_attn_sigma > 0")
         if cfg.compile:
             raise LLMVoXError("--guided_attn_heads does not work with --compile (its hooks would be compiled away)")
+    if cfg.text_frontend not in FRONTENDS:
+        raise LLMVoXError(f"--text_frontend must be one of {', '.join(FRONTENDS)} (got {cfg.text_frontend!r})")
     if cfg.phoneme_ctc_weight < 0:
         raise LLMVoXError("--phoneme_ctc_weight must be >= 0")
     if cfg.phoneme_ctc_weight > 0 and cfg.compile:
@@ -721,6 +729,12 @@ class Trainer:
             if trained_on and trained_on != cache.fingerprint:
                 raise LLMVoXError(f"the checkpoint was trained on codec {trained_on}, the data is from codec "
                                   f"{cache.fingerprint}: a decoder cannot change codec")
+        frontend = self._frontend(ckpt, resumed)
+        if frontend.kind != "byt5":
+            start = time.perf_counter()
+            cache = FrontendCache(cache, frontend, store=self.out_dir / TEXT_IDS_FILE)
+            self._info(f"text front-end {frontend.kind}: {float(np.mean(cache.text_lengths)):.0f} ids per "
+                       f"utterance (read in {time.perf_counter() - start:.1f} s)")
         code_features = torch.from_numpy(cache.codebook()).float()
 
         # model
@@ -904,6 +918,7 @@ class Trainer:
                         "data_fingerprint": cache.data_fingerprint(),
                         "eoa_id": cache.eoa_id, "pad_id": PAD_ID, "sentence_end_id": SENTENCE_END_ID,
                         "text_table_frozen": frozen,
+                        "text_frontend": frontend.config(),
                         "world_size": env.world_size,
                     },
                     "train_state": {
@@ -1007,6 +1022,20 @@ class Trainer:
         self._barrier()
         return result
 
+    def _frontend(self, ckpt: dict | None, resumed: bool) -> TextFrontend:
+        """The run's text front-end: a resumed run keeps its checkpoint's (phoneme table included)."""
+        cfg = self.cfg
+        saved = (ckpt or {}).get("llmvox", {}).get("text_frontend") or {"kind": "byt5"}
+        if ckpt is not None and saved.get("kind") == cfg.text_frontend:
+            return frontend_from_config(saved)
+        if resumed:
+            raise LLMVoXError(f"the checkpoint was trained with the {saved.get('kind')} text front-end, not "
+                              f"--text_frontend {cfg.text_frontend}: a run cannot change how it reads")
+        if ckpt is not None:
+            self._info(f"warning: warm start from a {saved.get('kind')} decoder with the {cfg.text_frontend} "
+                       "front-end: its text table rows are read as new symbols")
+        return new_frontend(cfg.text_frontend)
+
     def _phoneme_ctc(self, gpt: GPT, cache, max_len: int, resumed: dict | None,
                      device: torch.device) -> tuple[PhonemeCTC, torch.optim.Optimizer]:
         """The phoneme CTC loss and its head's optimizer; a resumed run continues the saved head."""
@@ -1016,7 +1045,7 @@ class Trainer:
         if saved and saved["layer"] != layer:
             raise LLMVoXError(f"the checkpoint's phoneme CTC head reads layer {saved['layer']}, not {layer}")
         start = time.perf_counter()
-        phonemes, vocab = phoneme_table([text_of(cache.text_ids(i)) for i in range(len(cache))],
+        phonemes, vocab = phoneme_table([cache.text(i) for i in range(len(cache))],
                                          store=self.out_dir / PHONEME_TABLE_FILE)
         complete = cache.code_lengths + 1 <= max_len
         ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight,
