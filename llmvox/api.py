@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmvox.device import resolve_device
-from llmvox.engine.generate import EOA_ID, Generation, generate
+from llmvox.engine.generate import Generation, generate
 from llmvox.errors import LLMVoXError
-from llmvox.model.speech_decoder import SpeechDecoder
-from llmvox.text.frontend import ByteFrontend, TextFrontend, frontend_from_config
+from llmvox.model.speech_decoder import EOA_ID, SpeechDecoder
+from llmvox.model.voice import Voice
+from llmvox.text.frontend import frontend_from_config
 
-SAMPLE_RATE = 24000
 DEFAULT_VOICE_DIR = Path(__file__).resolve().parent / "voices" / "default"
 
 
@@ -45,20 +44,8 @@ def check_tokenizer_path(path: str | None) -> None:
     raise LLMVoXError(f"{path} is not a tokenizer folder (no tokenizer_config.json)")
 
 
-class LLMVoX:
-    """A voice: the speech decoder (with its text table) and the codec that turns codes into audio."""
-
-    def __init__(self, decoder: SpeechDecoder, codec: Any, *, max_audio_length: int = 8000,
-                 eoa_id: int = EOA_ID, device: str | torch.device | None = None, name: str = "llmvox",
-                 frontend: TextFrontend | None = None):
-        self.device = resolve_device(device)
-        self.decoder = decoder.to(self.device).eval()
-        self.codec = codec.to(self.device).eval()
-        self.max_audio_length = max_audio_length
-        self.eoa_id = eoa_id
-        self.sample_rate = int(getattr(codec, "sample_rate", SAMPLE_RATE))
-        self.name = name
-        self.frontend = frontend or ByteFrontend()  # how the decoder reads text (the bundle says)
+class LLMVoX(Voice):
+    """A voice with its loaders (original files, bundles, the hub) and one-call synthesis."""
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -149,7 +136,7 @@ class LLMVoX:
 
     def stream(self, text_deltas: Iterable[str], **options: Any) -> Iterator[np.ndarray]:
         """Audio chunks as soon as they exist, for text arriving in pieces (an LLM's output)."""
-        from llmvox.engine.stream import stream_speech
+        from llmvox.engine.engine import stream_speech
 
         yield from stream_speech(self, text_deltas, **options)
 

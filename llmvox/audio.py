@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from llmvox.codec.config import SAMPLE_RATE
 from llmvox.errors import LLMVoXError
 
-DEFAULT_RATE = 24000
 SILENCE_PEAK = 1e-4  # about -80 dBFS: below this nothing audible is left
 MAX_RATE = 768_000  # higher header rates are nonsense, and soxr spends seconds converting them
 READ_BLOCK_SAMPLES = 1 << 18  # samples (frames x channels) per read: 1 MiB of float32
 UNKNOWN_FRAMES = 2**63 - 1  # SF_COUNT_MAX: libsndfile's frame count when a header does not know it
 
 
-def load_audio(source: str | Path | bytes, target_rate: int = DEFAULT_RATE,
+def load_audio(source: str | Path | bytes, target_rate: int = SAMPLE_RATE,
                max_seconds: float | None = None, *, label: str | None = None) -> np.ndarray:
     """Read audio (path or the bytes of a file) -> float32 mono samples at `target_rate`.
 
@@ -108,7 +108,7 @@ def is_silent(samples: np.ndarray, threshold: float = SILENCE_PEAK) -> bool:
     return samples.size == 0 or float(np.max(np.abs(samples))) < threshold
 
 
-def save_audio(path: str | Path, samples: np.ndarray, rate: int = DEFAULT_RATE) -> None:
+def save_audio(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     """Write mono samples: `.npy` as float32 shape (N,); other extensions through soundfile.
 
     WAV files are written as 32-bit float so that nothing is clipped or rounded.

@@ -6,7 +6,7 @@ question and the answer so far readable from any thread (the server's transcript
 while the audio is still streaming). Cancelling a turn reaches the LLM backend, whose token loop stops.
 
 Failures are sorted by when they happen: anything wrong with the input, or an LLM that fails before its
-first word, raises `ChatError` with an HTTP status (the server answers with a JSON error and no audio);
+first word, raises `LLMVoXError` with an HTTP status (the server answers with a JSON error and no audio);
 an LLM that breaks off after speech started ends the answer with a short spoken apology instead.
 """
 
@@ -20,6 +20,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,6 @@ NO_ANSWER = "Sorry, I have no answer to that."
 MODES = ("text", "voice", "visual_speech", "multimodal")
 MAX_MESSAGES = 1000  # messages in one /v1/chat/completions request
 MAX_HISTORY_CHARS = 200_000  # their text together; the backend then trims the history to its context
-
-
-class ChatError(LLMVoXError):
-    """A turn that cannot start; `status` is the HTTP status the server should answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -83,33 +76,32 @@ class ChatRequest:
     def from_body(cls, mode: str, body: dict, settings: ChatSettings | None = None) -> ChatRequest:
         """Parse an original request body (`/voicechat`, `/vlmschat`, `/multimodalchat`) or `{"text"}`.
 
-        Raises ChatError (400 for malformed fields, 413 for too long/too large, 422 for silence).
+        Raises LLMVoXError (400 for malformed fields, 413 for too long/too large, 422 for silence).
         """
         settings = settings or ChatSettings()
         if mode not in MODES:
-            raise ChatError(f"unknown chat mode {mode!r}; choose one of: {', '.join(MODES)}")
+            raise LLMVoXError(f"unknown chat mode {mode!r}; choose one of: {', '.join(MODES)}", 400)
         if not isinstance(body, dict):
-            raise ChatError("the request body must be a JSON object")
+            raise LLMVoXError("the request body must be a JSON object", 400)
         request = cls(mode=mode, source_language=_opt_str(body, "source_language"),
                       target_language=_opt_str(body, "target_language"))
-        with _as_chat_error():
-            if mode == "text":
-                text = body.get("text")
-                if not isinstance(text, str) or not text.strip():
-                    raise ChatError('"text" must be a non-empty string')
-                request.text = _bounded(text.strip(), settings, '"text"')
-                return request
-            request.audio = _speech_field(body, settings)
-            if mode == "visual_speech":
-                image = body.get("image_base64")
-                if not isinstance(image, str):
-                    raise ChatError('"image_base64" must be a base64 string (the picture to talk about)')
-                request.images = [load_image(image, limits=settings.images, what="image_base64")]
-            elif mode == "multimodal":
-                images = body.get("image_list", [])
-                if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-                    raise ChatError('"image_list" must be a list of base64 strings')
-                request.images = load_images(images, limits=settings.images)
+        if mode == "text":
+            text = body.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise LLMVoXError('"text" must be a non-empty string', 400)
+            request.text = _bounded(text.strip(), settings, '"text"')
+            return request
+        request.audio = _speech_field(body, settings)
+        if mode == "visual_speech":
+            image = body.get("image_base64")
+            if not isinstance(image, str):
+                raise LLMVoXError('"image_base64" must be a base64 string (the picture to talk about)', 400)
+            request.images = [load_image(image, limits=settings.images, what="image_base64")]
+        elif mode == "multimodal":
+            images = body.get("image_list", [])
+            if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                raise LLMVoXError('"image_list" must be a list of base64 strings', 400)
+            request.images = load_images(images, limits=settings.images)
         return request
 
     @classmethod
@@ -118,13 +110,12 @@ class ChatRequest:
                     target_language: str | None = None) -> ChatRequest:
         """A multipart upload: an audio file at any rate (WAV/FLAC/OGG) plus image files."""
         settings = settings or ChatSettings()
-        with _as_chat_error():
-            if not audio_file:
-                raise ChatError("the uploaded audio file is empty")
-            samples = check_speech(decode_file(bytes(audio_file), ASR_RATE, "uploaded audio",
-                                               settings.audio.max_seconds), ASR_RATE,
-                                   settings.audio, "uploaded audio")
-            pictures = load_images(list(images or []), limits=settings.images)
+        if not audio_file:
+            raise LLMVoXError("the uploaded audio file is empty", 400)
+        samples = check_speech(decode_file(bytes(audio_file), ASR_RATE, "uploaded audio",
+                                           settings.audio.max_seconds), ASR_RATE,
+                               settings.audio, "uploaded audio")
+        pictures = load_images(list(images or []), limits=settings.images)
         return cls(mode=mode, audio=samples, images=pictures, source_language=source_language,
                    target_language=target_language)
 
@@ -137,15 +128,34 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
     else through ASR; images need a vision model. System messages from the client replace the server's
     system prompt (the caller checks `history` for them).
     """
-    from llmvox.llm.images import decode_base64
-
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise ChatError('"messages" must be a non-empty list of {"role", "content"} objects')
+        raise LLMVoXError('"messages" must be a non-empty list of {"role", "content"} objects', 400)
     if len(messages) > MAX_MESSAGES:
-        raise ChatError(f'"messages" has {len(messages)} messages; the limit is {MAX_MESSAGES}', 413)
+        raise LLMVoXError(f'"messages" has {len(messages)} messages; the limit is {MAX_MESSAGES}', 413)
     *earlier, last = messages
     if last.get("role") != "user":
-        raise ChatError("the last message must be the user's")
+        raise LLMVoXError("the last message must be the user's", 400)
+    history = _history(earlier)
+    text, images, audio = _user_parts(last.get("content"), settings)
+    pictures = load_images(images, limits=settings.images)
+    text = _bounded(text.strip(), settings, "the user message") or None
+    if audio is None and text is None:
+        raise LLMVoXError("the user message has no text and no audio", 400)
+    if audio is not None and llm_hears:
+        mode = "multimodal"
+    elif audio is not None:
+        if not has_asr:
+            raise LLMVoXError("this server cannot take audio (no speech recognition, and the LLM cannot hear)", 409)
+        mode = "visual_speech" if pictures else "voice"
+        if text:
+            raise LLMVoXError("send either text or input_audio to this server, not both (its LLM cannot hear)", 400)
+    else:
+        mode = "visual_speech" if pictures else "text"
+    return ChatRequest(mode=mode, text=text, audio=audio, images=pictures, history=history)
+
+
+def _history(earlier: list[dict]) -> list[dict[str, str]]:
+    """The earlier messages as text turns (content parts joined), bounded in size."""
     history = []
     for message in earlier:
         content = message.get("content")
@@ -153,63 +163,58 @@ def request_from_openai(messages: list, settings: ChatSettings, *, llm_hears: bo
             content = "".join(p["text"] for p in content
                               if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
         if message.get("role") not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise ChatError("earlier messages must be system, user or assistant turns with text content")
+            raise LLMVoXError("earlier messages must be system, user or assistant turns with text content", 400)
         history.append({"role": message["role"], "content": content})
     if sum(len(m["content"]) for m in history) > MAX_HISTORY_CHARS:
-        raise ChatError(f"the earlier messages hold over {MAX_HISTORY_CHARS:,} characters; send a shorter history",
-                        413)
-    content = last.get("content")
+        raise LLMVoXError(f"the earlier messages hold over {MAX_HISTORY_CHARS:,} characters; send a shorter history",
+                          413)
+    return history
+
+
+def _user_parts(content: Any, settings: ChatSettings) -> tuple[str, list[str], np.ndarray | None]:
+    """The last user message's (text, image data URLs, checked audio samples or None)."""
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list):
-        raise ChatError("message content must be a string or a list of content parts")
+        raise LLMVoXError("message content must be a string or a list of content parts", 400)
     texts, images, audio = [], [], None
-    with _as_chat_error():
-        for part in parts:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif kind == "image_url":
-                url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
-                if not isinstance(url, str) or not url.startswith("data:"):
-                    raise ChatError("image_url must be a data: URL (base64); the server fetches no URLs")
-                images.append(url)
-            elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
-                if audio is not None:
-                    raise ChatError("send one input_audio part per message")
-                spec = part["input_audio"]
-                data = spec.get("data")
-                if not isinstance(data, str):
-                    raise ChatError("input_audio.data must be a base64 string")
-                if str(spec.get("format", "wav")).lower() in ("pcm16", "pcm", "s16le"):
-                    raw = decode_base64(data, "input_audio.data")
-                    samples = decode_audio_base64(base64.b64encode(raw).decode("ascii"), pcm_rate=settings.pcm_rate,
-                                                  what="input_audio.data", max_seconds=settings.audio.max_seconds)
-                else:
-                    samples = decode_file(decode_base64(data, "input_audio.data"), ASR_RATE, "input_audio",
-                                          settings.audio.max_seconds)
-                audio = check_speech(samples, ASR_RATE, settings.audio, "input_audio")
-            else:
-                raise ChatError(f"unsupported content part {kind!r}: use text, image_url or input_audio")
-        pictures = load_images(images, limits=settings.images)
-    text = _bounded("".join(texts).strip(), settings, "the user message") or None
-    if audio is None and text is None:
-        raise ChatError("the user message has no text and no audio")
-    if audio is not None and llm_hears:
-        mode = "multimodal"
-    elif audio is not None:
-        if not has_asr:
-            raise ChatError("this server cannot take audio (no speech recognition, and the LLM cannot hear)", 409)
-        mode = "visual_speech" if pictures else "voice"
-        if text:
-            raise ChatError("send either text or input_audio to this server, not both (its LLM cannot hear)")
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+            if not isinstance(url, str) or not url.startswith("data:"):
+                raise LLMVoXError("image_url must be a data: URL (base64); the server fetches no URLs", 400)
+            images.append(url)
+        elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+            if audio is not None:
+                raise LLMVoXError("send one input_audio part per message", 400)
+            audio = _input_audio(part["input_audio"], settings)
+        else:
+            raise LLMVoXError(f"unsupported content part {kind!r}: use text, image_url or input_audio", 400)
+    return "".join(texts), images, audio
+
+
+def _input_audio(spec: dict, settings: ChatSettings) -> np.ndarray:
+    """An `input_audio` part (base64 pcm16 at the server's PCM rate, or an audio file) -> checked samples."""
+    from llmvox.llm.images import decode_base64
+
+    data = spec.get("data")
+    if not isinstance(data, str):
+        raise LLMVoXError("input_audio.data must be a base64 string", 400)
+    if str(spec.get("format", "wav")).lower() in ("pcm16", "pcm", "s16le"):
+        raw = decode_base64(data, "input_audio.data")
+        samples = decode_audio_base64(base64.b64encode(raw).decode("ascii"), pcm_rate=settings.pcm_rate,
+                                      what="input_audio.data", max_seconds=settings.audio.max_seconds)
     else:
-        mode = "visual_speech" if pictures else "text"
-    return ChatRequest(mode=mode, text=text, audio=audio, images=pictures, history=history)
+        samples = decode_file(decode_base64(data, "input_audio.data"), ASR_RATE, "input_audio",
+                              settings.audio.max_seconds)
+    return check_speech(samples, ASR_RATE, settings.audio, "input_audio")
 
 
 def _bounded(text: str, settings: ChatSettings, what: str) -> str:
     if len(text) > settings.max_text_chars:
-        raise ChatError(f"{what} has {len(text)} characters; the limit is {settings.max_text_chars} "
+        raise LLMVoXError(f"{what} has {len(text)} characters; the limit is {settings.max_text_chars} "
                         "(--max_text_chars)", 413)
     return text
 
@@ -217,34 +222,22 @@ def _bounded(text: str, settings: ChatSettings, what: str) -> str:
 def _opt_str(body: dict, key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
-        raise ChatError(f'"{key}" must be a string')
+        raise LLMVoXError(f'"{key}" must be a string', 400)
     return value
 
 
 def _speech_field(body: dict, settings: ChatSettings) -> np.ndarray:
     data = body.get("audio_base64")
     if not isinstance(data, str):
-        raise ChatError('"audio_base64" must be a base64 string (int16 PCM at 16 kHz, or an audio file)')
+        raise LLMVoXError('"audio_base64" must be a base64 string (int16 PCM at 16 kHz, or an audio file)', 400)
     samples = decode_audio_base64(data, pcm_rate=settings.pcm_rate, rate=ASR_RATE,
                                   max_seconds=settings.audio.max_seconds)
     return check_speech(samples, ASR_RATE, settings.audio, "audio_base64")
 
 
-class _as_chat_error:
-    """Context manager: input problems (LLMVoXError) become ChatError with their HTTP status."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None or isinstance(exc, ChatError) or not isinstance(exc, LLMVoXError):
-            return False
-        raise ChatError(str(exc), getattr(exc, "status", 400)) from None
-
-
 
 class ChatTurn:
-    """One answer in the making. Use: `turn.start()` (ASR + first LLM word; raises ChatError), then
+    """One answer in the making. Use: `turn.start()` (ASR + first LLM word; raises LLMVoXError), then
     iterate `turn.deltas()`; read `question`, `answer`, `done` from any thread; `cancel()` to stop.
     """
 
@@ -307,22 +300,20 @@ class ChatTurn:
         if request.mode in ("text", "multimodal") or request.audio is None:
             return self.question
         if self.asr is None:
-            raise ChatError(f"{request.mode} chat needs an ASR model, and this server has none", 503)
+            raise LLMVoXError(f"{request.mode} chat needs an ASR model, and this server has none", 503)
         t0 = time.perf_counter()
         try:
             language, task = self.asr.task_for(request.source_language or self.settings.asr_language,
                                                request.target_language)
             text = self.asr.transcribe(request.audio, language=language, task=task)
-        except ChatError:
+        except LLMVoXError:
             raise
-        except LLMVoXError as exc:
-            raise ChatError(str(exc), getattr(exc, "status", 400)) from None
         except Exception as exc:  # noqa: BLE001 - a broken recogniser is the server's fault, not the input's
             log.exception("turn %s: speech recognition failed", self.id)
-            raise ChatError(f"speech recognition failed ({type(exc).__name__}); try again", 503) from None
+            raise LLMVoXError(f"speech recognition failed ({type(exc).__name__}); try again", 503) from None
         self.asr_seconds = time.perf_counter() - t0
         if not isinstance(text, str) or not text.strip():
-            raise ChatError("no words were recognised in the audio", 422)
+            raise LLMVoXError("no words were recognised in the audio", 422)
         self.question = text.strip()
         return self.question
 
@@ -338,7 +329,7 @@ class ChatTurn:
         parts: list[dict] = [{"type": "image", "image": image} for image in request.images]
         if request.mode == "multimodal":
             if not getattr(self.llm, "accepts_audio", False):
-                raise ChatError("multimodal chat needs an LLM that takes audio (--chat_type multimodal "
+                raise LLMVoXError("multimodal chat needs an LLM that takes audio (--chat_type multimodal "
                                 "with an audio+image model)", 409)
             rate = int(getattr(self.llm, "sampling_rate", ASR_RATE))
             audio = request.audio
@@ -353,14 +344,14 @@ class ChatTurn:
                 parts.append({"type": "text", "text": AUDIO_ONLY_INSTRUCTION})
         else:
             if request.images and not getattr(self.llm, "accepts_images", False):
-                raise ChatError("this server's LLM does not take images (start it with --chat_type "
+                raise LLMVoXError("this server's LLM does not take images (start it with --chat_type "
                                 "visual_speech and a vision-language model)", 409)
             parts.append({"type": "text", "text": self.question or ""})
         out.append({"role": "user", "content": parts})
         return out
 
     def start(self) -> ChatTurn:
-        """ASR, then the LLM up to its first piece of text; ChatError when any of it fails."""
+        """ASR, then the LLM up to its first piece of text; LLMVoXError when any of it fails."""
         if self._started:
             return self
         self._started = True
@@ -378,17 +369,14 @@ class ChatTurn:
                 self._first = next(self._stream)
             except StopIteration:
                 self._first = None
-            except ChatError:
-                raise
             except LLMVoXError as exc:
-                status = getattr(exc, "status", None)
-                if isinstance(status, int) and 400 <= status < 500:  # the input's fault: too long for the model
-                    raise ChatError(str(exc), status) from None
-                raise ChatError(f"the LLM failed before answering: {exc}", 502) from None
+                if exc.status is not None and 400 <= exc.status < 500:  # the input's fault: too long for the model
+                    raise
+                raise LLMVoXError(f"the LLM failed before answering: {exc}", 502) from None
             except Exception as exc:  # noqa: BLE001 - any backend failure is a 502 with the turn marked failed
                 log.exception("turn %s: the LLM failed before answering", self.id)
-                raise ChatError(f"the LLM failed before answering ({type(exc).__name__})", 502) from None
-        except ChatError as exc:
+                raise LLMVoXError(f"the LLM failed before answering ({type(exc).__name__})", 502) from None
+        except LLMVoXError as exc:
             self.error = str(exc)
             self._close_stream()
             self.finished.set()
@@ -480,82 +468,3 @@ class TranscriptStore:
                 self._items.popitem(last=False)
             else:
                 break
-
-
-# ---- command-line wiring (for `llmvox serve` and `streaming_server.py`) --------------------------------
-def _bool(text: str) -> bool:
-    """The original parsed `--asr_enable_translation` with type=bool (any text was True); we parse words."""
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def add_chat_args(parser) -> None:
-    """LLM flags (`llmvox.llm.select.add_llm_args`), the original's ASR flags and the input limits.
-
-    Flags the parser already has are left alone, so a server CLI can call this after defining its own.
-    """
-    from llmvox.llm.select import _add, add_llm_args
-
-    add_llm_args(parser)
-    group = parser.add_argument_group("ASR and chat input (default ASR: the embedded Whisper base)")
-    _add(group, "asr_model", default=None, metavar="DIR|base",
-         help="CTranslate2 Whisper folder, or base (the embedded model; the default)")
-    _add(group, "asr_device", default="cpu", help="cpu or cuda (default cpu)")
-    _add(group, "asr_threads", type=int, default=None, help="CPU threads for Whisper (default: half the cores)")
-    _add(group, "asr_sample_rate", type=int, default=ASR_RATE,
-         help="sample rate of the int16 PCM in audio_base64 (default 16000)")
-    _add(group, "asr_max_audio_length", type=float, default=60.0, help="longest question in seconds (default 60)")
-    _add(group, "asr_default_language", default="english", help="language of questions (name or code; auto detects)")
-    _add(group, "asr_enable_translation", type=_bool, default=False, metavar="BOOL",
-         help="translate questions into English when target_language differs (default false)")
-    _add(group, "max_images", type=int, default=4, help="images per request (default 4)")
-    _add(group, "max_image_mb", type=float, default=20.0, help="size of one encoded image in MB (default 20)")
-
-
-def settings_from_args(args) -> ChatSettings:
-    """ChatSettings from parsed flags (missing ones take their defaults)."""
-    get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
-    defaults = ChatSettings()
-    return ChatSettings(
-        system_prompt=get("system_prompt", defaults.system_prompt), max_tokens=get("llm_max_tokens", 1000),
-        temperature=get("llm_temperature", 0.7), top_p=get("llm_top_p", 0.95), top_k=get("llm_top_k", 40),
-        eos_token=get("eos_token", defaults.eos_token), asr_language=get("asr_default_language", "english"),
-        asr_translate=bool(get("asr_enable_translation", False)),
-        max_text_chars=int(get("max_text_chars", defaults.max_text_chars)),
-        pcm_rate=int(float(get("asr_sample_rate", ASR_RATE))),
-        audio=AudioLimits(max_seconds=float(get("asr_max_audio_length", 60.0))),
-        images=ImageLimits(max_images=int(get("max_images", 4)),
-                           max_bytes=int(float(get("max_image_mb", 20.0)) * 1024 * 1024)))
-
-
-WHISPER_SIZES = ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en", "large",
-                 "large-v1", "large-v2", "large-v3", "large-v3-turbo", "turbo", "distil-large-v3")
-
-
-def asr_from_args(args):
-    """The Whisper model the flags name, or None for chat types that need no ASR (text, multimodal).
-
-    The original's `--asr_model` took size names (default small) that it downloaded; offline only the
-    embedded base exists, so a size name that is not a local folder uses the embedded base (logged).
-    """
-    import os
-
-    if getattr(args, "chat_type", "voice") not in ("voice", "visual_speech"):
-        return None
-    from llmvox.asr.whisper import WhisperASR
-
-    model = getattr(args, "asr_model", None)
-    if model and str(model).lower() in WHISPER_SIZES and not os.path.isdir(str(model)):
-        if str(model).lower() != "base":
-            log.warning("--asr_model %s is not available offline; using the embedded Whisper base "
-                        "(pass a CTranslate2 Whisper folder to use another model)", model)
-        model = None
-    device = (getattr(args, "asr_device", None) or "cpu").split(":", 1)[0]
-    threads = getattr(args, "asr_threads", None) or max(1, (os.cpu_count() or 2) // 2)
-    return WhisperASR(model, device=device, threads=threads, beam_size=1,
-                      language=getattr(args, "asr_default_language", None) or "english",
-                      translate=bool(getattr(args, "asr_enable_translation", False)))

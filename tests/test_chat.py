@@ -5,6 +5,7 @@ teacher voice for questions and the parity checkpoints as the speaking voice."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -18,12 +19,12 @@ from _chat_models import QUESTION, build_audio_lm, build_causal_lm, build_vlm, f
 from llmvox.chat import (
     APOLOGY,
     AUDIO_ONLY_INSTRUCTION,
-    ChatError,
     ChatRequest,
     ChatSettings,
     ChatTurn,
     TranscriptStore,
 )
+from llmvox.errors import LLMVoXError
 
 pytest.importorskip("transformers")
 
@@ -93,7 +94,7 @@ def test_request_bodies_and_their_errors(question_16k):
         ("singing", {}, 400, "unknown chat mode"),
     ]
     for mode, body, status, words in cases:
-        with pytest.raises(ChatError, match=words) as info:
+        with pytest.raises(LLMVoXError, match=words) as info:
             ChatRequest.from_body(mode, body)
         assert info.value.status == status, (mode, words)
 
@@ -132,7 +133,7 @@ def test_llm_failures_before_and_during_the_answer(tmp_path, monkeypatch):
     short_context = TransformersBackend(build_causal_lm(tmp_path, arch="gpt2", n_positions=64))
     long_prompt = ChatSettings(system_prompt="the cat sat on the mat. " * 30)
     # the backend knows its context: a prompt that cannot fit is the request's fault (413), said up front
-    with pytest.raises(ChatError, match="the model's context is 64 tokens") as info:
+    with pytest.raises(LLMVoXError, match="the model's context is 64 tokens") as info:
         ChatTurn(ChatRequest(text="hello"), short_context, settings=long_prompt).start()
     assert info.value.status == 413
     # a backend that does not fit its prompt fails in the model itself: mid-answer and before it
@@ -141,7 +142,7 @@ def test_llm_failures_before_and_during_the_answer(tmp_path, monkeypatch):
     answer = turn.run()  # runs past the 64-token context: the model fails mid-answer
     assert answer.endswith(APOLOGY) and len(answer) > len(APOLOGY)
     assert "broke off" in turn.error
-    with pytest.raises(ChatError, match="failed before answering") as info:
+    with pytest.raises(LLMVoXError, match="failed before answering") as info:
         ChatTurn(ChatRequest(text="hello"), short_context, settings=long_prompt).start()
     assert info.value.status == 502
 
@@ -157,7 +158,7 @@ def test_multimodal_turn_gives_the_model_the_speech(tmp_path, question_16k):
     assert np.array_equal(content[0]["audio"], request.audio)
     assert turn.run() and turn.question is None
     # a text-only LLM refuses audio with a clear error
-    with pytest.raises(ChatError, match="needs an LLM that takes audio"):
+    with pytest.raises(LLMVoXError, match="needs an LLM that takes audio"):
         ChatTurn(request, TransformersBackendFrom(tmp_path / "lm"), settings=SHORT).start()
 
 
@@ -192,7 +193,7 @@ def test_transcript_store_is_bounded(tiny_lm):
 def test_chat_flags_fill_the_settings():
     import argparse
 
-    from llmvox.chat import add_chat_args, settings_from_args
+    from llmvox.chat_flags import add_chat_args, settings_from_args
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--llm_max_tokens", type=int, default=7)  # a flag the server CLI already has
@@ -219,7 +220,7 @@ def chat_server():
     import uvicorn
 
     from llmvox.api import LLMVoX
-    from llmvox.engine.stream import StreamConfig
+    from llmvox.engine.config import StreamConfig
     from llmvox.server.app import create_app
     from llmvox.server.settings import ServerSettings
 
@@ -371,3 +372,35 @@ def test_openai_chat_completions_with_audio(chat_server, question_16k):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="llmvox", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://example.com/x.png"}}]}])
+
+
+@pytest.mark.slow
+def test_chat_completions_speak_every_format_the_server_encodes(chat_server):
+    """The one response writer serves chat too: audio.format takes any of the server's formats, streamed
+    or not, and an unknown one is a 400 naming the field."""
+    import io
+
+    import httpx
+    import soundfile as sf
+
+    url, _ = chat_server
+    ask = {"model": "llmvox", "modalities": ["text", "audio"], "messages": [{"role": "user", "content": QUESTION}]}
+    r = httpx.post(url + "/v1/chat/completions", json={**ask, "audio": {"format": "flac"}}, timeout=120)
+    assert r.status_code == 200, r.text
+    data = base64.b64decode(r.json()["choices"][0]["message"]["audio"]["data"])
+    assert data[:4] == b"fLaC"
+    samples, rate = sf.read(io.BytesIO(data))
+    assert rate == 24000 and len(samples) > 0
+    wav = httpx.post(url + "/v1/chat/completions", json={**ask, "audio": {"format": "wav"}}, timeout=120).json()
+    whole = base64.b64decode(wav["choices"][0]["message"]["audio"]["data"])
+    assert int.from_bytes(whole[4:8], "little") == len(whole) - 8  # a whole file: its sizes are filled in
+    formats = httpx.get(url + "/health").json()["formats"]
+    fmt = "mp3" if "mp3" in formats else "flac"
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**ask, "stream": True, "audio": {"format": fmt}},
+                      timeout=120) as streamed:
+        events = [json.loads(line[6:]) for line in streamed.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    audio = b"".join(base64.b64decode(e["choices"][0]["delta"].get("audio", {}).get("data") or "") for e in events)
+    assert audio[:1] == b"\xff" if fmt == "mp3" else audio[:4] == b"fLaC"  # MPEG frames / a FLAC stream
+    bad = httpx.post(url + "/v1/chat/completions", json={**ask, "audio": {"format": "aiff"}}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "audio.format"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from llmvox.errors import LLMVoXError
-from llmvox.train.codec_trainer import CodecTrainer, load_clips
+from llmvox.train.codec_data import load_clips
+from llmvox.train.codec_trainer import CodecTrainer
 from llmvox.train.semantic import FRAME_RATE, SemanticStore, build_semantic_store
 from tests.test_codec_train import _trainer, tiny_dataset, tiny_yaml  # noqa: F401 (fixtures)
 
@@ -91,7 +92,7 @@ def test_semantic_setting_errors_are_clear(tiny_yaml, tiny_dataset, store, tmp_p
     plain = _trainer(tiny_yaml, tiny_dataset, tmp_path / "d", max_steps=2)
     plain.fit()
     from llmvox.codec.config import CodecConfig
-    from llmvox.train.codec_trainer import CodecTrainSettings
+    from llmvox.train.codec_config import CodecTrainSettings
 
     with pytest.raises(LLMVoXError, match="switched on or off"):
         CodecTrainer(CodecConfig(), CodecTrainSettings(), tiny_dataset, tmp_path / "d", resume=True, progress=False,

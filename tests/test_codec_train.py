@@ -13,16 +13,10 @@ import yaml
 from llmvox.codec.config import CodecConfig
 from llmvox.codec.wavtokenizer import CodebookQuantizer
 from llmvox.errors import LLMVoXError
-from llmvox.train.codec_trainer import (
-    CKPT_FILE,
-    CONFIG_FILE,
-    EVAL_LOG,
-    STATE_FILE,
-    CodecTrainer,
-    CodecTrainSettings,
-    EmaCodebook,
-    iter_jsonl,
-)
+from llmvox.train.codec_checkpoints import CKPT_FILE, CONFIG_FILE, EVAL_LOG, STATE_FILE, iter_jsonl
+from llmvox.train.codec_config import CodecTrainSettings
+from llmvox.train.codec_trainer import CodecTrainer
+from llmvox.train.ema_codebook import EmaCodebook
 
 RATE = 24000
 
@@ -114,7 +108,7 @@ def tiny_yaml(tmp_path_factory) -> Path:
 
 
 def _trainer(tiny_yaml: Path, data: Path, out: Path, **overrides) -> CodecTrainer:
-    from llmvox.train.codec_trainer import settings_from_yaml
+    from llmvox.train.codec_config import settings_from_yaml
 
     torch.set_num_threads(1)
     doc = yaml.safe_load(tiny_yaml.read_text())
@@ -123,7 +117,7 @@ def _trainer(tiny_yaml: Path, data: Path, out: Path, **overrides) -> CodecTraine
 
 
 def test_settings_come_from_the_original_yaml_keys(tiny_yaml):
-    from llmvox.train.codec_trainer import settings_from_yaml
+    from llmvox.train.codec_config import settings_from_yaml
 
     found = settings_from_yaml(yaml.safe_load(tiny_yaml.read_text()))
     assert found["learning_rate"] == pytest.approx(1e-2)

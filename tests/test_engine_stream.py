@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from llmvox.engine.config import StreamConfig
+from llmvox.engine.engine import SpeechEngine, stream_speech
 from llmvox.engine.generate import generate_segment
 from llmvox.engine.scheduler import DecoderWorker, SegmentJob
-from llmvox.engine.stream import SpeechEngine, StreamConfig, stream_speech
 from llmvox.errors import LLMVoXError
 from llmvox.text.tokenizer import encode_words
 
@@ -323,3 +324,17 @@ def test_a_phoneme_voice_streams_the_ids_its_front_end_reads(tts):
         assert stream.segment_codes(i) == expected, words
         assert expected != expected_codes(tts, words)  # bytes would have said something else
     assert voice.generate(text).codes == stream.codes
+
+
+def test_a_stream_bounds_its_text_once_spelled_out(engine):
+    """`max_spoken_chars` counts the words as the stream normalises them (once): digits that multiply
+    past it are a 413 before the rest of the text is read."""
+    stream = engine.open(replace_cfg(engine.config, max_spoken_chars=200))
+    with pytest.raises(LLMVoXError, match="more than 200 characters once numbers and symbols are spelled out") as err:
+        stream.feed("Call 12345678 12345678 12345678 12345678 12345678 12345678 now. ")
+    assert err.value.status == 413 and err.value.code == "text_too_long"
+    stream.cancel()
+    fine = engine.open(replace_cfg(engine.config, max_spoken_chars=200))
+    fine.feed("Call 12345678 now.")
+    fine.end()
+    assert fine.spoken_chars <= 200 and list(fine.chunks(timeout=60))

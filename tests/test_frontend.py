@@ -81,3 +81,19 @@ def test_front_end_errors_are_one_line(monkeypatch):
     with pytest.raises(LLMVoXError, match=r"needs the g2p of hibari-tts: pip install") as err:
         frontend_from_config({"kind": "phonemes", "symbols": {"a": 4}})
     assert "\n" not in str(err.value)
+
+
+def test_bench_frontend_times_each_word_and_counts_the_look_ahead(tmp_path, phonemes):
+    import json
+
+    from llmvox.cli import main
+
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("The apple is red.\nPenguins cannot fly.\n")
+    out = tmp_path / "frontend.json"
+    assert main(["bench", "frontend", "--json", str(out), "--sentences", str(sentences), "--repeats", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["sentences"] == 2 and result["words"] == 7
+    byt5, phon = result["frontends"]["byt5"], result["frontends"]["phonemes"]
+    assert byt5["words_held_back_max"] == 0 and phon["words_held_back_max"] == 1
+    assert 0 < phon["ms_per_word_median"] <= phon["ms_per_word_p95"] <= phon["ms_per_word_max"]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmvox.chat import ChatError, ChatRequest, ChatSettings, ChatTurn, request_from_openai
+from llmvox.chat import ChatRequest, ChatSettings, ChatTurn, request_from_openai
+from llmvox.errors import LLMVoXError
 from llmvox.input_errors import InputError, InputTooLarge
 from llmvox.llm.base import LLMBackend, fit_to_context
 
@@ -38,10 +39,10 @@ def _text(n_words: int, seed: int = 0) -> str:
 
 
 def test_overlong_chat_text_is_413_before_the_llm():
-    with pytest.raises(ChatError, match="the limit is 4096") as err:
+    with pytest.raises(LLMVoXError, match="the limit is 4096") as err:
         ChatRequest.from_body("text", {"text": "Tell me about cats. " * 10000}, ChatSettings())
     assert err.value.status == 413
-    with pytest.raises(ChatError) as err:
+    with pytest.raises(LLMVoXError) as err:
         request_from_openai([{"role": "user", "content": "hi"}] * 3000, ChatSettings(), llm_hears=False, has_asr=False)
     assert err.value.status == 413 and "1000" in str(err.value)
 
@@ -63,7 +64,7 @@ def test_long_history_is_trimmed_to_the_context_and_the_turn_answers(smollm2):
 def test_a_question_larger_than_the_context_is_413(smollm2):
     request = ChatRequest(mode="text", text=_text(3000))
     turn = ChatTurn(request, smollm2, settings=ChatSettings(max_text_chars=10**6))
-    with pytest.raises(ChatError, match="context is 2048 tokens") as err:
+    with pytest.raises(LLMVoXError, match="context is 2048 tokens") as err:
         turn.start()
     assert err.value.status == 413 and turn.done and turn.error
 
@@ -80,7 +81,7 @@ def test_any_llm_failure_before_the_first_word_is_502_and_ends_the_turn():
     turn = ChatTurn(ChatRequest(mode="text", text="Hi"), _Broken())
     waiter = threading.Thread(target=turn.finished.wait, args=(5,))
     waiter.start()
-    with pytest.raises(ChatError, match="failed before answering") as err:
+    with pytest.raises(LLMVoXError, match="failed before answering") as err:
         turn.start()
     assert err.value.status == 502
     waiter.join(1)
@@ -92,10 +93,10 @@ def test_any_llm_failure_before_the_first_word_is_502_and_ends_the_turn():
 def test_history_limits_and_malformed_history_are_client_errors():
     big = [{"role": "user", "content": "x" * 100_000}, {"role": "assistant", "content": "y" * 100_001},
            {"role": "user", "content": "and now?"}]
-    with pytest.raises(ChatError, match="200,000 characters") as err:
+    with pytest.raises(LLMVoXError, match="200,000 characters") as err:
         request_from_openai(big, ChatSettings(), llm_hears=False, has_asr=False)
     assert err.value.status == 413
-    with pytest.raises(ChatError, match="the user message has 5000 characters; the limit is 4096") as err:
+    with pytest.raises(LLMVoXError, match="the user message has 5000 characters; the limit is 4096") as err:
         request_from_openai([{"role": "user", "content": [{"type": "text", "text": "a" * 5000}]}], ChatSettings(),
                             llm_hears=False, has_asr=False)
     assert err.value.status == 413
@@ -144,7 +145,7 @@ def test_an_llm_failure_while_fitting_or_mid_answer_ends_the_turn():
             raise RuntimeError("tokenizer crashed")
 
     turn = ChatTurn(ChatRequest(mode="text", text="Hi"), FitFails())
-    with pytest.raises(ChatError, match=r"failed before answering \(RuntimeError\)") as err:
+    with pytest.raises(LLMVoXError, match=r"failed before answering \(RuntimeError\)") as err:
         turn.start()
     assert err.value.status == 502 and turn.done and "RuntimeError" in turn.error
 
@@ -177,7 +178,7 @@ def test_a_broken_recogniser_is_503_and_ends_the_turn():
 
     request = ChatRequest(mode="voice", audio=np.zeros(16000, np.float32))
     turn = ChatTurn(request, _Broken(), asr=BrokenASR())
-    with pytest.raises(ChatError, match=r"speech recognition failed \(RuntimeError\)") as err:
+    with pytest.raises(LLMVoXError, match=r"speech recognition failed \(RuntimeError\)") as err:
         turn.start()
     assert err.value.status == 503 and turn.done and turn.error
 
@@ -191,11 +192,11 @@ def test_a_broken_recogniser_is_503_and_ends_the_turn():
     ("max_completion_tokens", -3, "max_completion_tokens must be at least 1 (got -3)"),
 ])
 def test_bad_sampling_values_are_400_naming_the_field(field, value, expected):
+    from llmvox.errors import LLMVoXError
     from llmvox.server.chat_routes import CompletionRequest, _request_settings
-    from llmvox.server.schemas import ApiError
 
     body = CompletionRequest(messages=[{"role": "user", "content": "hi"}], **{field: value})
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(LLMVoXError) as err:
         _request_settings(ChatSettings(), body)
     assert err.value.status == 400 and str(err.value) == expected and err.value.body()["error"]["param"] == field
     good = CompletionRequest(messages=[], temperature=0, top_p=1, max_tokens=5000)
@@ -214,12 +215,11 @@ def chat_app(smollm2):
     from llmvox.server.chat_routes import ChatState, chat_router
     from llmvox.server.metrics import Metrics
 
-    def no_voice(deltas, request_id):
-        raise ChatError("the speech engine is not running yet", 503)
-
-    state = ChatState(llm=smollm2, speak=no_voice, settings=ChatSettings(max_tokens=8, temperature=0.0))
+    server = SimpleNamespace(metrics=Metrics(lambda: 0, lambda: 0, lambda: None), engine=None, slots=None,
+                             draining=False, formats=["pcm", "wav"], sample_rate=24000)  # no voice: 503 to speak
+    state = ChatState(llm=smollm2, server=server, settings=ChatSettings(max_tokens=8, temperature=0.0))
     app = FastAPI()
-    app.state.llmvox = SimpleNamespace(metrics=Metrics(lambda: 0, lambda: 0, lambda: None))
+    app.state.llmvox = server
     _install_error_handlers(app)
     app.include_router(chat_router(state))
     with TestClient(app) as client:
@@ -293,14 +293,14 @@ def test_a_remote_llm_refusing_the_prompt_is_a_client_error_with_its_message(ref
     for where in ("400", "event"):
         backend = OpenAIBackend(f"{refusing_remote}/{where}/v1", model="m")
         turn = ChatTurn(ChatRequest(mode="text", text="Tell me about cats."), backend)
-        with pytest.raises(ChatError, match="too long for the LLM server's model: This model's maximum context "
+        with pytest.raises(LLMVoXError, match="too long for the LLM server's model: This model's maximum context "
                                             "length is 2048 tokens") as err:
             turn.start()
         assert err.value.status == 413 and turn.done and turn.error
         backend.close()
     backend = OpenAIBackend(f"{refusing_remote}/401/v1", model="m")
     turn = ChatTurn(ChatRequest(mode="text", text="Tell me about cats."), backend)
-    with pytest.raises(ChatError, match="the LLM failed before answering: the LLM server answered HTTP 401: "
+    with pytest.raises(LLMVoXError, match="the LLM failed before answering: the LLM server answered HTTP 401: "
                                         "Incorrect API key provided$") as err:
         turn.start()  # the server's own configuration is wrong, not the question
     assert err.value.status == 502 and turn.done and turn.error
@@ -320,14 +320,14 @@ def test_a_real_remote_llm_that_fails_before_answering_is_502(tmp_path):
     try:
         backend = OpenAIBackend(f"http://127.0.0.1:{port}/v1", model="smollm2")
         bad = ChatTurn(ChatRequest(mode="text", text="hi", history=[{"role": "robot", "content": "x"}]), backend)
-        with pytest.raises(ChatError, match=r"the LLM failed before answering: the LLM server answered HTTP \d+: "
+        with pytest.raises(LLMVoXError, match=r"the LLM failed before answering: the LLM server answered HTTP \d+: "
                                             r"7 validation errors") as err:
             bad.start()  # llama-cpp-python's server answers an unknown role with an HTTP 500 on many lines
         assert err.value.status == 502 and bad.done and bad.error and "\n" not in bad.error
         # llama-cpp-python's server breaks off a streamed prompt over its context (an empty 200, or a dropped
         # connection): that is still a 502, not a 500
         long = ChatTurn(ChatRequest(mode="text", text=_text(3000)), backend, settings=ChatSettings(max_tokens=8))
-        with pytest.raises(ChatError, match="^the LLM failed before answering: the LLM server") as err:
+        with pytest.raises(LLMVoXError, match="^the LLM failed before answering: the LLM server") as err:
             long.start()
         assert err.value.status == 502 and long.done and long.error
         backend.close()
@@ -355,7 +355,7 @@ def test_transformers_backend_fits_its_positions(tmp_path):
     start = llm.tokens_generated
     assert turn.run() and turn.error is None and llm.tokens_generated - start <= budget
     too_long = ChatTurn(ChatRequest(mode="text", text="the cat sat on the mat. " * 40), llm)
-    with pytest.raises(ChatError, match="the model's context is 256 tokens") as err:
+    with pytest.raises(LLMVoXError, match="the model's context is 256 tokens") as err:
         too_long.start()
     assert err.value.status == 413 and too_long.done
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 import uvicorn
 
-from llmvox.engine.stream import StreamConfig
+from llmvox.engine.config import StreamConfig
 from llmvox.server.app import create_app
 from llmvox.server.audio_out import TimeStretcher
 from llmvox.server.settings import ServerSettings

@@ -261,3 +261,4 @@ def test_pathological_100k_stream(name: str) -> None:
     assert all(w.text for w in words)
     if name == "mixed":
         assert [w.text for w in words[:4]] == ["Doctor", "Smith", "paid", "one"]
+

@@ -110,7 +110,8 @@ def read_log(path: Path) -> list[dict]:
 
 def test_cache_holds_codec_codes_and_original_text_ids(world):
     from llmvox.codec.checkpoint import load_wavtokenizer
-    from llmvox.train.cache import EOA_ID, CodeCache
+    from llmvox.model.speech_decoder import EOA_ID
+    from llmvox.train.cache import CodeCache
 
     cache = CodeCache(world["cache"])
     codec = load_wavtokenizer(world["yaml"], world["ckpt"])
@@ -131,8 +132,9 @@ def test_cache_holds_codec_codes_and_original_text_ids(world):
 
 def test_cache_is_incremental_resumable_and_one_codec_only(world, tmp_path):
     from llmvox.codec.checkpoint import load_wavtokenizer
-    from llmvox.train.cache import CodeCache, codec_fingerprint, tokenize_dataset
-    from llmvox.train.trainer import load_codec_source
+    from llmvox.train.cache import CodeCache, codec_fingerprint
+    from llmvox.train.cache_writer import tokenize_dataset
+    from llmvox.train.training_data import load_codec_source
 
     data = write_dataset(tmp_path / "d", n=4)
     codec = load_wavtokenizer(world["yaml"], world["ckpt"])
@@ -298,7 +300,7 @@ def test_bucket_sampler_is_seeded_covers_each_epoch_and_buckets_lengths():
 def test_schedule_and_optimizer_groups():
     from llmvox.model.gpt import GPT, GPTConfig
     from llmvox.model.speech_decoder import SpeechDecoder
-    from llmvox.train.trainer import get_lr, make_optimizer
+    from llmvox.train.optim import get_lr, make_optimizer
 
     kw = {"learning_rate": 1e-3, "warmup_iters": 10, "lr_decay_iters": 110, "min_lr": 1e-5}
     assert get_lr(0, **kw) == 0.0

@@ -24,7 +24,7 @@ import torch
 from _chat_models import QUESTION, build_audio_lm, build_vlm, free_port, png_bytes, speak
 from test_server import LiveServer, voice  # noqa: F401 - `voice` is the parity voice fixture
 
-from llmvox.engine.stream import StreamConfig
+from llmvox.engine.config import StreamConfig
 from llmvox.server.app import create_app
 from llmvox.server.settings import ServerSettings
 

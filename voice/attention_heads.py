@@ -19,7 +19,8 @@ from llmvox.text.tokenizer import PAD_ID
 from llmvox.train.alignment import GuidedAttention, guide_weights
 from llmvox.train.batching import IGNORE_INDEX, make_batch
 from llmvox.train.cache import CodeCache
-from llmvox.train.trainer import is_validation_id, read_training_checkpoint
+from llmvox.train.checkpoints import read_training_checkpoint
+from llmvox.train.training_data import is_validation_id
 
 
 def main(ckpt_path: str, cache_dir: str = "/work/cache/voice/cache", n: int = 32) -> None:

@@ -18,7 +18,8 @@ from llmvox.model.speech_decoder import SpeechDecoder
 from llmvox.text.tokenizer import PAD_ID
 from llmvox.train.batching import IGNORE_INDEX, make_batch
 from llmvox.train.cache import CodeCache
-from llmvox.train.trainer import is_validation_id, read_training_checkpoint
+from llmvox.train.checkpoints import read_training_checkpoint
+from llmvox.train.training_data import is_validation_id
 
 BANDS = ((0, 50), (50, 100), (100, 200), (200, 300), (300, 1024))
 

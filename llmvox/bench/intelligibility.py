@@ -29,10 +29,8 @@ Synthesizer = Callable[[str], tuple[np.ndarray, int]]
 
 
 def _spoken(text: str) -> str:
-    try:
-        from llmvox.text.normalize import normalize
-    except ImportError:  # the normaliser needs num2words; fall back to the data-synth speller
-        from llmvox.train.synth import fallback_normalize as normalize
+    from llmvox.text.normalize import normalize
+
     return normalize(text)
 
 

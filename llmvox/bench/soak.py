@@ -28,7 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmvox.bench.stream import ServerProcess, _chat_turn
+from llmvox.bench.chat import _chat_turn
+from llmvox.bench.stream import ServerProcess
+from llmvox.codec.config import SAMPLE_RATE
 
 REQUEST_TIMEOUT = 120.0  # seconds: longer than any answer of the mix takes, so a hang is an error
 WARMUP_FRACTION = 1 / 3  # the warm-up never takes more of a short run than this
@@ -231,7 +233,7 @@ async def _client(index: int, url: str, chat_type: str, seed: int, until: float,
     rng = random.Random(seed * 1000 + index)
     mix = mix_for(chat_type)
     kinds, weights = list(mix), list(mix.values())
-    sec = 24000 * MIN_AUDIO_SECONDS  # samples of the shortest acceptable answer
+    sec = SAMPLE_RATE * MIN_AUDIO_SECONDS  # samples of the shortest acceptable answer
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
         while time.monotonic() < until:
             kind = rng.choices(kinds, weights)[0]

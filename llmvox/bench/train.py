@@ -22,7 +22,7 @@ from llmvox.model.gpt import GPT, GPTConfig
 from llmvox.model.speech_decoder import SpeechDecoder
 from llmvox.text.tokenizer import TEXT_VOCAB_SIZE
 from llmvox.train.batching import make_batch
-from llmvox.train.trainer import autocast_context, make_optimizer, optimizer_step
+from llmvox.train.optim import autocast_context, make_optimizer, optimizer_step
 
 CODES_PER_SECOND = 75.0  # 24 kHz / hop 320
 

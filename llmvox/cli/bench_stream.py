@@ -78,7 +78,8 @@ def _original_voice_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmvox.bench.stream import chat_markdown_table, markdown_table, run_chat_bench, run_stream_bench
+    from llmvox.bench.chat import chat_markdown_table, run_chat_bench
+    from llmvox.bench.stream import markdown_table, run_stream_bench
     from llmvox.errors import LLMVoXError
 
     chat = args.llm is not None or args.chat_type is not None

@@ -26,9 +26,9 @@ from urllib.parse import unquote
 import numpy as np
 
 from llmvox.cli.common import add_flag
+from llmvox.codec.config import SAMPLE_RATE
 from llmvox.errors import LLMVoXError
 
-OUTPUT_RATE = 24_000
 QUESTION_RATE = 16_000
 ENDPOINTS = ("auto", "textchat", "voicechat", "vlmschat", "multimodalchat")
 
@@ -67,7 +67,7 @@ class ChatResult:
 
     @property
     def audio_seconds(self) -> float:
-        return len(self.audio) / OUTPUT_RATE
+        return len(self.audio) / SAMPLE_RATE
 
     @property
     def real_time_factor(self) -> float | None:
@@ -142,7 +142,7 @@ class _Player:
             import sounddevice as sd
 
             sd.query_devices(kind="output")
-            self._stream = sd.OutputStream(samplerate=OUTPUT_RATE, channels=1, dtype="float32")
+            self._stream = sd.OutputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32")
         except Exception as exc:  # noqa: BLE001 - no package, no device, no audio server: just do not play
             self._stream = None
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     result = chat(args.url, path, body, api_key=args.api_key, timeout=args.timeout, play=not args.no_play)
     if result.audio.size == 0:
         raise LLMVoXError(f"the server sent no audio for {path}")
-    save_audio(args.out, result.audio, OUTPUT_RATE)
+    save_audio(args.out, result.audio, SAMPLE_RATE)
     if result.question:
         print(f"question: {result.question}")
     if result.answer is not None:

@@ -13,7 +13,6 @@ The `codec` parser is created once, whichever module asks first.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,18 +27,13 @@ def codec_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
     return command_group(subparsers, "codec", "WavTokenizer codec: encode audio to codes, decode codes to audio")
 
 
-def _bundle_available() -> bool:
-    return importlib.util.find_spec("llmvox.bundle") is not None
-
-
 def add_codec_source_args(p: argparse.ArgumentParser) -> None:
-    """The flags that say where the codec comes from (original files, or our bundle when available)."""
+    """The flags that say where the codec comes from (original files, or a bundle)."""
     p.add_argument("--wav_config_path", "--wav-config-path", dest="wav_config_path",
                    help="original WavTokenizer YAML config")
     p.add_argument("--wav_model_path", "--wav-model-path", dest="wav_model_path",
                    help="original WavTokenizer Lightning checkpoint (.ckpt)")
-    if _bundle_available():
-        p.add_argument("--bundle", help="llmvox model folder (instead of the two paths above)")
+    p.add_argument("--bundle", help="llmvox model folder (instead of the two paths above)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
@@ -53,8 +47,7 @@ def load_codec_from_args(args: argparse.Namespace) -> WavTokenizer:
 
         return load_bundle_codec(bundle, args.device)
     if not args.wav_config_path or not args.wav_model_path:
-        alternative = " (or --bundle DIR)" if _bundle_available() else ""
-        raise LLMVoXError(f"--wav_config_path and --wav_model_path are required{alternative}")
+        raise LLMVoXError("--wav_config_path and --wav_model_path are required (or --bundle DIR)")
     from llmvox.codec.checkpoint import load_wavtokenizer
 
     return load_wavtokenizer(args.wav_config_path, args.wav_model_path, device=args.device)

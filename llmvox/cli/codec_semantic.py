@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmvox.train.codec_trainer import load_clips
+    from llmvox.train.codec_data import load_clips
     from llmvox.train.semantic import SemanticStore, build_semantic_store
 
     folder = build_semantic_store(load_clips(args.data_path), args.out_dir, model=args.asr_model,

@@ -84,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     from llmvox.codec.config import CodecConfig
     from llmvox.errors import LLMVoXError
-    from llmvox.train.codec_trainer import CodecTrainer, CodecTrainSettings, settings_from_yaml
+    from llmvox.train.codec_config import CodecTrainSettings, settings_from_yaml
+    from llmvox.train.codec_trainer import CodecTrainer
 
     overrides = given_settings(args)
     if args.resume:

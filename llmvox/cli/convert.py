@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.codec is None and not wav_paths:
         raise LLMVoXError("give the codec: --wav_config_path and --wav_model_path, or --codec DIR")
     if args.encoder_model_path is None:
-        from llmvox.train.trainer import export_bundle_from_checkpoint
+        from llmvox.train.checkpoints import export_bundle_from_checkpoint
 
         if args.codec is not None:
             from llmvox.bundle import load_bundle_codec

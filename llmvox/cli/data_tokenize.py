@@ -45,8 +45,9 @@ def run_tokenize(args: argparse.Namespace) -> int:
     import torch
 
     from llmvox.errors import LLMVoXError
-    from llmvox.train.cache import tokenize_dataset
-    from llmvox.train.trainer import load_codec_source, resolve_train_device
+    from llmvox.train.cache_writer import tokenize_dataset
+    from llmvox.train.distributed import resolve_train_device
+    from llmvox.train.training_data import load_codec_source
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,29 +1,16 @@
 """`llmvox serve`: the streaming speech server, with the flags of the original `streaming_server.py`.
 
 `--chat_type tts` serves the TTS endpoints alone (no LLM, no ASR). The other chat types also serve them
-and mount the chat routes where this build has them (`llmvox.server.chat`). Chat modules may add their
-own flags through `llmvox.server.chat_flags.add_chat_flags(parser)` (looked up, not required).
+and mount the chat routes (`llmvox.server.chat_routes`), configured by the chat flags (`llmvox.chat_flags`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import signal
 
 from llmvox.cli.common import add_flag, add_voice_args
-from llmvox.llm.select import DEFAULT_SYSTEM_PROMPT
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -79,24 +66,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     add_flag(g, "shutdown_timeout", type=float, default=10.0, help="seconds streams get to finish on shutdown")
     add_flag(g, "log_level", default="info", choices=["debug", "info", "warning", "error"])
 
-    g = p.add_argument_group("chat (used by the chat types; accepted and passed on)")
-    add_flag(g, "llm_checkpoint", default=None, help="LLM: a .gguf file, a folder or hub id, or a URL")
-    add_flag(g, "llm_device", default=None, help="device for the LLM (e.g. cuda:0)")
-    add_flag(g, "llm_max_tokens", type=int, default=1000)
-    add_flag(g, "llm_temperature", type=float, default=0.7)
-    add_flag(g, "llm_top_p", type=float, default=0.95)
-    add_flag(g, "llm_top_k", type=int, default=40)
-    add_flag(g, "system_prompt", default=DEFAULT_SYSTEM_PROMPT)
-    add_flag(g, "eos_token", default="<|eot_id|>", help="the LLM's end-of-turn token")
-    add_flag(g, "asr_model", default="small", help="Whisper size or folder")
-    add_flag(g, "asr_device", default=None)
-    add_flag(g, "asr_sample_rate", type=float, default=16000.0)
-    add_flag(g, "asr_max_audio_length", type=int, default=60)
-    add_flag(g, "asr_default_language", default="english")
-    add_flag(g, "asr_enable_translation", type=_bool, default=False)
+    from llmvox.chat_flags import add_chat_args
 
-    if importlib.util.find_spec("llmvox.server.chat_flags") is not None:  # optional: the chat routes' own flags
-        importlib.import_module("llmvox.server.chat_flags").add_chat_flags(p)
+    add_chat_args(p)  # the LLM, ASR and chat-input flags, defined once there
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,7 +87,7 @@ def device_flag(value: str | None, default: str) -> str:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from llmvox.engine.stream import StreamConfig
+    from llmvox.engine.config import StreamConfig
     from llmvox.server.settings import ServerSettings
 
     device = getattr(args, "device", "cpu") or "cpu"

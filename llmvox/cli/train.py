@@ -110,7 +110,7 @@ def _base_type(annotation: typing.Any) -> type:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from llmvox.train.trainer import TrainConfig
+    from llmvox.train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -136,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from llmvox.train.trainer import TrainConfig
+    from llmvox.train.config import TrainConfig
 
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 

@@ -21,11 +21,14 @@ _BACKBONE = "VocosBackbone"
 _HEAD = "ISTFTHead"
 
 
+SAMPLE_RATE = 24000  # LLMVoX's WavTokenizer: 24 kHz audio, 75 codes a second at hop 320
+
+
 @dataclass
 class CodecConfig:
     """Every size that shapes a WavTokenizer model (encoder, codebook, backbone, ISTFT head)."""
 
-    sample_rate: int = 24000
+    sample_rate: int = SAMPLE_RATE
     # Encoder (SEANet + LSTM); the original fixes all but the ratios in code.
     downsample_ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
     encoder_filters: int = 32

@@ -5,14 +5,10 @@ the codec turns them back into 24 kHz audio. The modules below follow the comput
 WavTokenizer exactly (padding rules, norms, epsilons, the ISTFT with "same" padding) so that released
 checkpoints give the same codes and audio.
 
-Parameter names mirror the original Lightning state dict. Two renames are applied when loading
-(see `llmvox.codec.checkpoint`):
-
-* `feature_extractor.encodec.encoder.` -> `encoder.`, and inside it the doubly nested
-  `.conv.conv.` of the original convolution wrappers -> `.conv.`;
-* `feature_extractor.encodec.quantizer.vq.layers.0._codebook.` -> `quantizer.`.
-
-`backbone.*` and `head.*` keep their names unchanged.
+Parameter names mirror the original Lightning state dict; loading (`llmvox.codec.checkpoint`) renames
+`feature_extractor.encodec.encoder.` -> `encoder.` (and its nested `.conv.conv.` -> `.conv.`) and
+`feature_extractor.encodec.quantizer.vq.layers.0._codebook.` -> `quantizer.`; `backbone.*` and `head.*`
+keep their names.
 """
 
 from __future__ import annotations
@@ -25,9 +21,7 @@ from torch import Tensor, nn
 
 from llmvox.codec.config import CodecConfig
 
-# --------------------------------------------------------------------------------------------
-# Encoder building blocks
-# --------------------------------------------------------------------------------------------
+# ---- encoder building blocks ---------------------------------------------------------------
 
 
 class WeightNormConv1d(nn.Module):
@@ -187,9 +181,7 @@ class SEANetEncoder(nn.Module):
         return self.model(audio)
 
 
-# --------------------------------------------------------------------------------------------
-# Quantizer
-# --------------------------------------------------------------------------------------------
+# ---- quantizer -------------------------------------------------------------------------------
 
 
 class CodebookQuantizer(nn.Module):
@@ -221,9 +213,7 @@ class CodebookQuantizer(nn.Module):
         return F.embedding(codes, self.embed).transpose(1, 2)
 
 
-# --------------------------------------------------------------------------------------------
-# Vocos backbone
-# --------------------------------------------------------------------------------------------
+# ---- Vocos backbone --------------------------------------------------------------------------
 
 
 def _swish(x: Tensor) -> Tensor:
@@ -355,9 +345,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# --------------------------------------------------------------------------------------------
-# ISTFT head
-# --------------------------------------------------------------------------------------------
+# ---- iSTFT head ------------------------------------------------------------------------------
 
 
 class ISTFT(nn.Module):
@@ -411,9 +399,7 @@ class ISTFTHead(nn.Module):
         return self.istft(spec)
 
 
-# --------------------------------------------------------------------------------------------
-# The codec
-# --------------------------------------------------------------------------------------------
+# ---- the codec -------------------------------------------------------------------------------
 
 
 class WavTokenizer(nn.Module):

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from llmvox.model.speech_decoder import NO_CODE, SpeechDecoder
+from llmvox.model.speech_decoder import EOA_ID, NO_CODE, SpeechDecoder
 from llmvox.text.frontend import ByteFrontend, TextFrontend
 from llmvox.text.tokenizer import PAD_ID
 
-EOA_ID = 453
 SENTENCE_END_CHARS = ".!?"
 
 

@@ -26,15 +26,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from llmvox.model.speech_decoder import NO_CODE, SpeechDecoder
+from llmvox.model.speech_decoder import EOA_ID, NO_CODE, SpeechDecoder
+from llmvox.model.voice import Voice
 from llmvox.text.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)
 
-EOA_ID = 453
 
 CodeCallback = Callable[["SegmentJob", list[int], bool], None]
 
@@ -377,3 +378,13 @@ class CodecWorker:
                 log.exception("%s: codec task failed", self.name)
             self.decodes += 1
             self.busy_seconds += time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Workers:
+    """What a stream runs on: lane i uses decoders[i], codecs[i] and codec_models[i] (the engine's)."""
+
+    voice: Voice
+    decoders: list[DecoderWorker]
+    codecs: list[CodecWorker]
+    codec_models: list[Any]

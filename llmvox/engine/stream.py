@@ -11,210 +11,32 @@ Lanes are the multi-queue of LLMVoX: each lane runs its segments one after anoth
 sentence k+1 (the other lanes start once the stream's first audio is out, so nothing of the same
 stream competes with its first chunk). Words reach the decoder as soon as the text stage releases them,
 so a sentence starts before the LLM has finished writing it.
-
-Chunk schedule (the original's): a lane dumps a chunk when `dump` new codes are waiting; `dump` starts
-at `initial_dump_size_1` on lane 0 and `initial_dump_size_2` on the others, grows x3 after every chunk
-and twice more when a segment ends, capped at `max_dump_size`; a segment's last codes always go out.
-
-Chunk joins:
-- "context" (default): every chunk is decoded together with up to `context_frames` earlier codes of
-  the stream (across sentence boundaries) and the last `lookahead_frames` of a chunk are held back and
-  re-decoded with the next chunk, then cross-faded over `crossfade_samples`. The codec's pos-net
-  (GroupNorm over time and global attention) makes every frame depend a little on the whole sequence,
-  so no causal decode equals a one-shot decode exactly; this gets close without clicks.
-- "original": each chunk decoded alone, exactly what the original server streams (it clicks at joins).
+The chunk schedule and joins are the options of `llmvox.engine.config.StreamConfig`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from llmvox.engine.scheduler import CodecWorker, DecoderWorker, SegmentJob
+from llmvox.engine.config import StreamConfig
+from llmvox.engine.events import AudioChunk, Done, Failed, Flushed, StreamEvent, Text
+from llmvox.engine.scheduler import SegmentJob, Workers
 from llmvox.errors import LLMVoXError
-from llmvox.text.frontend import ByteFrontend, WordReader
+from llmvox.text.frontend import WordReader
 from llmvox.text.segment import SpeakableStream, SpeakableWord
-from llmvox.text.tokenizer import PAD_ID
-
-if TYPE_CHECKING:
-    from llmvox.api import LLMVoX
 
 log = logging.getLogger(__name__)
 
-CHUNK_JOINS = ("context", "original")
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """How one stream is chunked and joined (defaults: the original server's schedule)."""
-
-    initial_dump_size_1: int = 10
-    initial_dump_size_2: int = 160
-    max_dump_size: int = 1280
-    max_audio_length: int | None = None  # codes per sentence; None: the voice's own limit
-    chunk_join: str = "context"
-    context_frames: int = 64
-    lookahead_frames: int = 4
-    crossfade_samples: int = 480
-    normalize: bool = True
-    max_sentence_chars: int | None = 300
-
-    def validate(self) -> StreamConfig:
-        for name in ("initial_dump_size_1", "initial_dump_size_2", "max_dump_size"):
-            if int(getattr(self, name)) < 1:
-                raise LLMVoXError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.max_audio_length is not None and self.max_audio_length < 1:
-            raise LLMVoXError(f"max_audio_length must be at least 1 (got {self.max_audio_length})")
-        if self.chunk_join not in CHUNK_JOINS:
-            raise LLMVoXError(f"chunk_join must be one of {', '.join(CHUNK_JOINS)} (got {self.chunk_join!r})")
-        for name in ("context_frames", "lookahead_frames", "crossfade_samples"):
-            if int(getattr(self, name)) < 0:
-                raise LLMVoXError(f"{name} must not be negative (got {getattr(self, name)})")
-        if self.max_sentence_chars is not None and self.max_sentence_chars < 8:
-            raise LLMVoXError("max_sentence_chars must be at least 8")
-        return self
-
-    @classmethod
-    def from_options(cls, base: StreamConfig | None = None, **options: Any) -> StreamConfig:
-        """A config from keyword options (unknown names are an error, not silently ignored)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise LLMVoXError(f"unknown stream option(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return replace(base or cls(), **options).validate()
-
-
-@dataclass
-class AudioChunk:
-    """A piece of the stream's audio: float32 mono samples at the voice's rate, in stream order."""
-
-    samples: np.ndarray
-    segment: int  # sentence index within the stream
-    index: int  # chunk index within the sentence
-    last_in_segment: bool
-    text: str | None = None  # the sentence's words, on its first chunk
-
-
-# ---------------------------------------------------------------------------------------------
-# the engine: workers shared by all streams
-
-
-class SpeechEngine:
-    """N workers (decoder + codec per device) shared by every stream; open streams with `open()`."""
-
-    def __init__(self, tts: LLMVoX, *, num_workers: int = 2, devices: list[str] | None = None,
-                 max_batch: int = 32, threads: int | None = None, config: StreamConfig | None = None,
-                 pad_id: int = PAD_ID):
-        if num_workers < 1:
-            raise LLMVoXError("num_workers must be at least 1")
-        self.tts = tts
-        self.config = (config or StreamConfig()).validate()
-        self.sample_rate = tts.sample_rate
-        self.hop = int(getattr(tts.codec, "hop_length", 320))
-        self.eoa_id = tts.eoa_id
-        self.num_workers = num_workers
-        if threads is None:  # a decoder and a codec thread per worker share the cores
-            threads = max(1, (os.cpu_count() or 1) // (2 * num_workers))
-        self.threads = threads
-        replicas: dict[str, tuple[Any, Any]] = {}
-        self.workers: list[DecoderWorker] = []
-        self.codecs: list[CodecWorker] = []
-        self.codec_models: list[Any] = []
-        self.devices: list[torch.device] = []
-        for i in range(num_workers):
-            dev = _device(devices[i % len(devices)] if devices else tts.device)
-            key = str(dev)
-            if key not in replicas:
-                replicas[key] = _replica(tts, dev)
-            decoder, codec = replicas[key]
-            self.devices.append(dev)
-            self.codec_models.append(codec)
-            self.workers.append(DecoderWorker(decoder, name=f"worker{i}", max_batch=max_batch,
-                                              eoa_id=tts.eoa_id, pad_id=pad_id, threads=threads))
-            self.codecs.append(CodecWorker(name=f"codec{i}", threads=threads))
-        self._streams: set[SpeechStream] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._next_id = 0
-
-    def open(self, config: StreamConfig | None = None, *, sink: Callable[[AudioChunk | None], None] | None = None,
-             request_id: str | None = None) -> SpeechStream:
-        """A new stream. `sink` receives chunks in order and None at the end (called from engine
-        threads: it must not block); without a sink, read the chunks with `stream.chunks()`."""
-        with self._lock:
-            if self._closed:
-                raise LLMVoXError("the speech engine is shut down")
-            self._next_id += 1
-            rid = request_id or f"s{self._next_id}"
-            stream = SpeechStream(self, (config or self.config).validate(), sink=sink, request_id=rid)
-            self._streams.add(stream)
-        return stream
-
-    def _forget(self, stream: SpeechStream) -> None:
-        with self._lock:
-            self._streams.discard(stream)
-
-    @property
-    def active_streams(self) -> int:
-        return len(self._streams)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "streams": len(self._streams),
-            "workers": [
-                {"name": w.name, "device": str(d), "active_segments": w.active, "queued_segments": w.queued,
-                 "codec_queue": c.queued, "steps": w.stats.steps, "tokens": w.stats.tokens,
-                 "decoder_busy_seconds": w.stats.busy_seconds, "codec_busy_seconds": c.busy_seconds,
-                 "codec_decodes": c.decodes}
-                for w, c, d in zip(self.workers, self.codecs, self.devices, strict=True)
-            ],
-        }
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Cancel every stream and stop the threads."""
-        with self._lock:
-            self._closed = True
-            streams = list(self._streams)
-        for s in streams:
-            s.cancel()
-        for w in self.workers:
-            w.close(timeout)
-        for c in self.codecs:
-            c.close(timeout)
-
-    def __enter__(self) -> SpeechEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _device(device: str | torch.device) -> torch.device:
-    from llmvox.device import resolve_device
-
-    return resolve_device(device)
-
-
-def _replica(tts: LLMVoX, device: torch.device) -> tuple[Any, Any]:
-    """The voice's decoder and codec on `device` (shared, not copied, on the voice's own device)."""
-    if device == tts.device:
-        return tts.decoder, tts.codec
-    return copy.deepcopy(tts.decoder).to(device).eval(), copy.deepcopy(tts.codec).to(device).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# one stream
+FLUSH = object()  # in a `feed_from` iterable: close the pending sentence now (as `flush()`)
 
 
 @dataclass
@@ -251,28 +73,26 @@ class _Segment:
     offset: int | None = None  # global code index of this segment's first code (all earlier done)
 
 
+@dataclass
 class _Lane:
-    def __init__(self, worker: int, dump: int):
-        self.worker = worker
-        self.dump = dump
-        self.queue: deque[_Segment] = deque()
-        self.running: _Segment | None = None
-
-
-_END = object()
+    worker: int
+    dump: int  # codes per chunk: grows as the lane speaks
+    queue: deque[_Segment] = field(default_factory=deque)
+    running: _Segment | None = None
 
 
 class SpeechStream:
     """One utterance: `feed()` text deltas, `flush()` to close the pending sentence, `end()` when the
     text is complete, `cancel()` to stop at once. Audio goes to the sink (or `chunks()`) in order."""
 
-    def __init__(self, engine: SpeechEngine, config: StreamConfig, *,
-                 sink: Callable[[AudioChunk | None], None] | None, request_id: str):
-        self.engine = engine
+    def __init__(self, workers: Workers, config: StreamConfig, *, sink: Callable[[StreamEvent], None] | None,
+                 request_id: str, on_finish: Callable[[SpeechStream], None] | None = None):
+        self.workers = workers
+        self._on_finish = on_finish
         self.config = config
         self.request_id = request_id
-        self.max_audio_length = config.max_audio_length or engine.tts.max_audio_length
-        self._frontend = getattr(engine.tts, "frontend", None) or ByteFrontend()
+        self.max_audio_length = config.max_audio_length or workers.voice.max_audio_length
+        self._frontend = workers.voice.frontend
         self._queue: queue.Queue | None = None
         if sink is None:
             self._queue = queue.Queue()
@@ -282,9 +102,10 @@ class SpeechStream:
         self._text = SpeakableStream(normalize=config.normalize, max_chars=config.max_sentence_chars)
         self._segments: list[_Segment] = []
         self._open: _Segment | None = None
-        n = engine.num_workers
+        n = len(workers.decoders)
         self._lanes = [_Lane(i, config.initial_dump_size_1 if i == 0 else config.initial_dump_size_2)
                        for i in range(n)]
+        self._flush_marks: deque[int] = deque()  # segment counts at each flush(), until delivered
         self._history: list[int] = []  # codes of the leading run of finished segments
         self._history_segments = 0
         self._next_delivery = 0
@@ -297,6 +118,7 @@ class SpeechStream:
         self.finished_at: float | None = None
         self.audio_samples = 0
         self.text_chars = 0
+        self.spoken_chars = 0  # of the words spoken so far, normalised, with a space after each
 
     # ---- input -------------------------------------------------------------------------------
     def feed(self, delta: str) -> None:
@@ -309,21 +131,58 @@ class SpeechStream:
             for word in self._text.feed(delta):
                 self._add_word(word)
 
+    def feed_from(self, deltas: Iterable[str | object], *, echo: bool = False) -> threading.Thread:
+        """Feed text from an iterable (an LLM's deltas, one request's text, a WebSocket's messages) on a
+        thread of its own, then end the stream; a failing source fails the stream. Segmenting,
+        normalising and reading the text happen on that thread, never on the caller's (an event loop).
+        A `FLUSH` item flushes. With `echo`, each delta is also delivered as a `Text` event, in order
+        with the audio."""
+
+        def feed() -> None:
+            iterator = iter(deltas)
+            try:
+                for delta in iterator:
+                    if self.done:
+                        break
+                    if delta is FLUSH:
+                        self.flush()
+                        continue
+                    if echo:
+                        self._sink(Text(delta))
+                    self.feed(delta)
+                self.end()
+            except BaseException as exc:  # noqa: BLE001 - the text side failed: end the audio with it
+                if not self.done:
+                    self.fail(exc)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+
+        thread = threading.Thread(target=feed, name=f"llmvox-feed-{self.request_id}", daemon=True)
+        thread.start()
+        return thread
+
     def flush(self) -> int:
         """Speak all text so far (closes the pending sentence). Returns the number of segments."""
         with self._lock:
-            self._check_open()
-            for word in self._text.flush():
-                self._add_word(word)
-            self._close_open_segment()
+            self._flush_text()
+            self._flush_marks.append(len(self._segments))
+            self._send_flushed()
             return len(self._segments)
+
+    def _flush_text(self) -> None:
+        self._check_open()
+        for word in self._text.flush():
+            self._add_word(word)
+        self._close_open_segment()
 
     def end(self) -> None:
         """No more text: the stream ends when everything is spoken."""
         with self._lock:
             if self._ended or self.cancelled:
                 return
-            self.flush()
+            self._flush_text()
             self._ended = True
             self._maybe_finish()
 
@@ -358,14 +217,15 @@ class SpeechStream:
             raise RuntimeError("this stream delivers to its sink; chunks() needs a stream opened without one")
         while True:
             try:
-                item = self._queue.get(timeout=timeout)
+                event = self._queue.get(timeout=timeout)
             except queue.Empty:
                 raise LLMVoXError(f"no audio for {timeout} s") from None
-            if item is None:
-                if self.error is not None:
-                    raise LLMVoXError(f"speech generation failed: {self.error}") from self.error
+            if isinstance(event, Failed):
+                raise LLMVoXError(f"speech generation failed: {event.error}") from event.error
+            if isinstance(event, Done):
                 return
-            yield item
+            if isinstance(event, AudioChunk):
+                yield event
 
     @property
     def done(self) -> bool:
@@ -382,7 +242,7 @@ class SpeechStream:
 
     @property
     def audio_seconds(self) -> float:
-        return self.audio_samples / self.engine.sample_rate
+        return self.audio_samples / self.workers.voice.sample_rate
 
     def segment_codes(self, index: int) -> list[int]:
         return list(self._segments[index].codes)
@@ -414,6 +274,11 @@ class SpeechStream:
             raise LLMVoXError(f"the stream failed: {self.error}")
 
     def _add_word(self, word: SpeakableWord) -> None:
+        self.spoken_chars += len(word.text) + 1
+        limit = self.config.max_spoken_chars
+        if limit is not None and self.spoken_chars > limit + 1:
+            raise LLMVoXError(f"the text becomes more than {limit} characters once numbers and symbols are "
+                              f"spelled out; the limit is {limit}", 413, code="text_too_long")
         seg = self._open
         if seg is None:
             seg = _Segment(index=len(self._segments), lane=len(self._segments) % len(self._lanes),
@@ -464,7 +329,7 @@ class SpeechStream:
         job.feed(seg.pending_ids, last=seg.text_done)
         seg.pending_ids = []
         seg.job = job
-        self.engine.workers[lane.worker].submit(job)
+        self.workers.decoders[lane.worker].submit(job)
 
     # ---- codes -> chunks ---------------------------------------------------------------------
     def _on_codes(self, seg: _Segment, codes: list[int], finished: bool) -> None:
@@ -525,8 +390,8 @@ class SpeechStream:
                 self._submit_chunk(seg, chunk, context)
 
     def _submit_chunk(self, seg: _Segment, chunk: _Chunk, context: bool) -> None:
-        engine = self.engine
-        codec = engine.codec_models[seg.lane]
+        workers = self.workers
+        codec = workers.codec_models[seg.lane]
         if context:
             assert seg.offset is not None
             begin = seg.offset + chunk.emit_start  # global frame of the first emitted sample
@@ -540,9 +405,9 @@ class SpeechStream:
             window = seg.codes[chunk.start:chunk.end]
             lead, emit = 0, chunk.end - chunk.start
             start_frame = (seg.offset if seg.offset is not None else len(self._history)) + chunk.start
-        hop = engine.hop
+        hop = workers.voice.hop_length
         base = self.first_audio_at or self.created_at
-        deadline = base + start_frame * hop / engine.sample_rate
+        deadline = base + start_frame * hop / workers.voice.sample_rate
 
         def run() -> None:
             try:
@@ -559,7 +424,7 @@ class SpeechStream:
             tail = audio[(lead + emit) * hop:] if context else None
             self._on_audio(seg, chunk, head, tail)
 
-        engine.codecs[seg.lane].submit(run, deadline, alive=lambda: not (self.cancelled or self._finished))
+        workers.codecs[seg.lane].submit(run, deadline, alive=lambda: not (self.cancelled or self._finished))
 
     def _on_audio(self, seg: _Segment, chunk: _Chunk, head: np.ndarray, tail: np.ndarray | None) -> None:
         with self._lock:
@@ -593,7 +458,13 @@ class SpeechStream:
                 self._next_delivery += 1
                 continue
             break
+        self._send_flushed()
         self._maybe_finish()
+
+    def _send_flushed(self) -> None:
+        while self._flush_marks and self._flush_marks[0] <= self._next_delivery and not self._finished:
+            self._flush_marks.popleft()
+            self._sink(Flushed(self._next_delivery))
 
     def _maybe_finish(self) -> None:
         if (self._ended and not self._finished and self._open is None
@@ -605,9 +476,10 @@ class SpeechStream:
             return
         self._finished = True
         self.finished_at = time.perf_counter()
-        self.engine._forget(self)
+        if self._on_finish is not None:
+            self._on_finish(self)
         try:
-            self._sink(None)
+            self._sink(Done(self.timings()) if self.error is None else Failed(self.error))
         except Exception:
             log.exception("sink failed at the end of the stream", extra={"request_id": self.request_id})
 
@@ -621,45 +493,3 @@ def _crossfade(prev_tail: np.ndarray | None, head: np.ndarray, fade: int) -> np.
     out = head.copy()
     out[:n] = prev_tail[:n] * (1.0 - w) + head[:n] * w
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the Python API
-
-
-def stream_speech(tts: LLMVoX, text_deltas: Iterable[str], *, engine: SpeechEngine | None = None,
-                  num_workers: int = 2, max_batch: int = 32, threads: int | None = None,
-                  **options: Any) -> Iterator[np.ndarray]:
-    """float32 audio chunks for text arriving in pieces, as soon as each exists.
-
-    `options` are `StreamConfig` fields (chunk schedule, chunk_join, normalize, ...). Without an
-    `engine`, one is made for this call (its threads stop when the iterator is closed).
-    """
-    own = engine is None
-    config = StreamConfig.from_options(**options)
-    if engine is None:
-        engine = SpeechEngine(tts, num_workers=num_workers, max_batch=max_batch, threads=threads, config=config)
-    stream = engine.open(config)
-
-    def produce() -> None:
-        try:
-            for delta in text_deltas:
-                if stream.done:
-                    return
-                stream.feed(delta)
-            stream.end()
-        except BaseException as exc:  # the text source (or a bad delta) failed: end the audio with its error
-            if not stream.cancelled:
-                stream.fail(exc)
-
-    feeder = threading.Thread(target=produce, name="llmvox-text-feeder", daemon=True)
-    feeder.start()
-    try:
-        for chunk in stream.chunks():
-            if len(chunk.samples):
-                yield chunk.samples
-    finally:
-        stream.cancel()
-        if own:
-            engine.close()
-

@@ -10,18 +10,10 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import TypedDict
 
 from llmvox.input_errors import InputTooLarge
 
 MIN_ANSWER_TOKENS = 64  # room always kept for the answer when a prompt is fitted to a context
-
-
-class Message(TypedDict, total=False):
-    """An OpenAI-style chat message: role is system, user or assistant."""
-
-    role: str
-    content: str
 
 
 class LLMBackend(ABC):

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from llmvox.model.gpt import GPT, KVCache
 
 NO_CODE = -1  # "no previous code": the first step of a segment
+EOA_ID = 453  # LLMVoX's end of audio: codebook entry 453, read as "stop" once the text has been fed
 
 
 class SpeechDecoder(nn.Module):

@@ -21,13 +21,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmvox.engine.stream import SpeechEngine
+from llmvox.engine.engine import SpeechEngine
 from llmvox.errors import LLMVoXError
 from llmvox.server.audio_out import supported_formats
 from llmvox.server.context import RequestContextMiddleware
 from llmvox.server.guard import RequestGuard
 from llmvox.server.metrics import Metrics
-from llmvox.server.schemas import ApiError
 from llmvox.server.settings import ServerSettings
 from llmvox.server.slots import StreamSlots
 
@@ -44,7 +43,7 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings, tts: LLMVoX | None, engine: SpeechEngine | None):
         self.settings = settings
-        self.tts = tts if tts is not None else (engine.tts if engine is not None else None)
+        self.tts = tts if tts is not None else (engine.voice if engine is not None else None)
         self.engine = engine
         self.own_engine = engine is None
         self.slots = StreamSlots(settings.max_streams, settings.max_queue, settings.queue_timeout)
@@ -116,9 +115,9 @@ def mount_chat_routes(app: FastAPI, state: ServerState) -> None:
     if state.settings.chat_type == "tts":
         app.include_router(_chat_unavailable_router())
         return
-    from llmvox.server import chat
+    from llmvox.server.chat_routes import mount
 
-    chat.mount(app, state)
+    mount(app, state)
 
 
 CHAT_PATHS = ("/textchat", "/voicechat", "/vlmschat", "/multimodalchat", "/v1/chat/completions")
@@ -131,8 +130,8 @@ def _chat_unavailable_router():
     router = APIRouter(include_in_schema=False)
 
     async def unavailable(request: Request) -> None:
-        raise ApiError(409, f"this server runs --chat_type tts (speech endpoints only); {request.url.path} needs "
-                            "--chat_type text, voice, visual_speech or multimodal", code="chat_type_unavailable")
+        raise LLMVoXError(f"this server runs --chat_type tts (speech endpoints only); {request.url.path} needs "
+                            "--chat_type text, voice, visual_speech or multimodal", 409, code="chat_type_unavailable")
 
     for path in CHAT_PATHS:
         router.add_api_route(path, unavailable, methods=["POST"])
@@ -150,17 +149,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = kind or ("bad_request" if status < 500 else "server_error")
         metrics_for(request).errors.labels(endpoint, kind).inc()
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        count(request, exc.status)
-        log.info("%s %s: %s %s", request.method, request.url.path, exc.status, exc.message)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
     @app.exception_handler(LLMVoXError)
-    async def llmvox_error(request: Request, exc: LLMVoXError) -> JSONResponse:
-        status = int(getattr(exc, "status", 400))
-        code = {413: "input_too_large", 422: "no_speech"}.get(status, "invalid_request")
-        return await api_error(request, ApiError(status, str(exc), code=code))
+    async def api_error(request: Request, exc: LLMVoXError) -> JSONResponse:
+        status = exc.http_status
+        count(request, status)
+        log.info("%s %s: %s %s", request.method, request.url.path, status, exc.message)
+        return JSONResponse(exc.body(), status_code=status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,18 +163,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = first.get("type", "")
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if kind == "json_invalid":
-            err = ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', kind)})",
+            err = LLMVoXError(f"the request body is not valid JSON ({first.get('ctx', {}).get('error', kind)})", 400,
                            code="invalid_json")
         elif kind == "missing" and not loc:
-            err = ApiError(400, "the request needs a JSON body", code="missing_body")
+            err = LLMVoXError("the request needs a JSON body", 400, code="missing_body")
         elif kind == "missing":
-            err = ApiError(400, f"missing required field {'.'.join(loc)!r}", code="missing_field", param=".".join(loc))
+            err = LLMVoXError(f"missing required field {'.'.join(loc)!r}", 400, code="missing_field", param=".".join(loc))
         else:
             where = ".".join(loc) or "body"
-            err = ApiError(422, f"{where}: {first.get('msg', 'invalid value')}", code="invalid_type", param=where)
+            err = LLMVoXError(f"{where}: {first.get('msg', 'invalid value')}", 422, code="invalid_type", param=where)
         return await api_error(request, err)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return await api_error(request, ApiError(exc.status_code, str(exc.detail), code=code))
+        return await api_error(request, LLMVoXError(str(exc.detail), exc.status_code, code=code))

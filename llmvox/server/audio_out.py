@@ -14,6 +14,7 @@ import struct
 
 import numpy as np
 
+from llmvox.codec.config import SAMPLE_RATE
 from llmvox.errors import LLMVoXError
 
 CONTENT_TYPES = {
@@ -45,6 +46,10 @@ class StreamEncoder:
 
     def finish(self) -> bytes:
         return b""
+
+    def whole_file(self, streamed: bytes) -> bytes:
+        """After `finish()`: the bytes this encoder streamed, as one complete file (sizes filled in)."""
+        return streamed
 
 
 class F32Encoder(StreamEncoder):
@@ -85,6 +90,12 @@ class WAVEncoder(PCMEncoder):
 
     def finish(self) -> bytes:
         return b"" if self._header_sent else self.header()
+
+    def whole_file(self, streamed: bytes) -> bytes:
+        if len(streamed) < 44:
+            return streamed
+        return (streamed[:4] + struct.pack("<I", len(streamed) - 8) + streamed[8:40]
+                + struct.pack("<I", len(streamed) - 44) + streamed[44:])
 
 
 class SoundFileEncoder(StreamEncoder):
@@ -137,6 +148,10 @@ class SoundFileEncoder(StreamEncoder):
         if self._skip_info_frame:
             data = _drop_mp3_placeholder(data) or b""
         return data
+
+    def whole_file(self, streamed: bytes) -> bytes:
+        """The file as libsndfile closed it: its header holds the length the stream could not know."""
+        return self._buf.getvalue()
 
 
 def _drop_mp3_placeholder(data: bytes) -> bytes | None:
@@ -194,7 +209,7 @@ class TimeStretcher:
     the previous frame, so periodic sounds keep their phase and do not warble.
     """
 
-    def __init__(self, speed: float, sample_rate: int = 24000, frame_ms: float = 40.0, search_ms: float = 8.0):
+    def __init__(self, speed: float, sample_rate: int = SAMPLE_RATE, frame_ms: float = 40.0, search_ms: float = 8.0):
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = float(speed)

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import WebSocket
 from fastapi.responses import JSONResponse
 
-from llmvox.server.schemas import ApiError
+from llmvox.errors import LLMVoXError
 from llmvox.server.settings import ServerSettings
 
 log = logging.getLogger("llmvox.server")
@@ -58,9 +58,9 @@ def check_api_key(headers: Mapping[str, str], settings: ServerSettings, query_ke
     if scheme.lower() != "bearer" or not given:
         given = query_key or ""
     if not given:
-        raise ApiError(401, "missing API key: send the header 'Authorization: Bearer YOUR_KEY'", code="missing_api_key")
+        raise LLMVoXError("missing API key: send the header 'Authorization: Bearer YOUR_KEY'", 401, code="missing_api_key")
     if not hmac.compare_digest(given.strip().encode(), key.encode()):
-        raise ApiError(401, "invalid API key", code="invalid_api_key")
+        raise LLMVoXError("invalid API key", 401, code="invalid_api_key")
 
 
 def _is_loopback(host: str) -> bool:
@@ -80,30 +80,30 @@ def check_origin(headers: Mapping[str, str], settings: ServerSettings) -> None:
     """Raise unless `Host` may reach this server and `Origin` (when a browser sends one) is allowed."""
     host = headers.get("host", "")
     if _is_loopback(settings.host) and not _is_loopback(_hostname(host)):
-        raise ApiError(421, f"this server listens on loopback and answers only to localhost, not {host!r} "
-                            "(start it with --api_host 0.0.0.0 to serve other names)", code="host_not_allowed")
+        raise LLMVoXError(f"this server listens on loopback and answers only to localhost, not {host!r} "
+                            "(start it with --api_host 0.0.0.0 to serve other names)", 421, code="host_not_allowed")
     origin = headers.get("origin")
     if not origin:
         return  # not a web page: curl, SDKs, the server's own page navigating
     allowed = settings.cors_origins
     if "*" in allowed or origin.rstrip("/") in allowed or urlsplit(origin).netloc == host:
         return
-    raise ApiError(403, f"requests from the web page at {origin!r} are not allowed; list it in --cors_origins "
-                        "to let that page use this server", code="origin_not_allowed")
+    raise LLMVoXError(f"requests from the web page at {origin!r} are not allowed; list it in --cors_origins "
+                        "to let that page use this server", 403, code="origin_not_allowed")
 
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-async def deny_websocket(ws: WebSocket, exc: ApiError) -> None:
+async def deny_websocket(ws: WebSocket, exc: LLMVoXError) -> None:
     """An HTTP error instead of the handshake where the server supports it; else accept, explain, close."""
     try:
-        await ws.send_denial_response(JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers))
+        await ws.send_denial_response(JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers))
     except RuntimeError:
         await ws.accept()
         await ws.send_json({"type": "error", "code": exc.code, "message": exc.message})
-        await ws.close(code=1008 if exc.status in (400, 401, 403, 421) else 1013)
+        await ws.close(code=1008 if exc.http_status in (400, 401, 403, 421) else 1013)
 
 
 class RequestGuard:
@@ -128,13 +128,13 @@ class RequestGuard:
             if kind == "http" and scope["method"] in BODY_METHODS:
                 body = await self._read_body(headers, receive)
                 receive = _replay(body, receive)
-        except ApiError as exc:
-            self._count(scope, exc.status)
-            log.info("%s %s refused: %s %s", scope.get("method", "WS"), scope["path"], exc.status, exc.message)
+        except LLMVoXError as exc:
+            self._count(scope, exc.http_status)
+            log.info("%s %s refused: %s %s", scope.get("method", "WS"), scope["path"], exc.http_status, exc.message)
             if kind == "websocket":
                 await deny_websocket(WebSocket(scope, receive, send), exc)
             else:
-                await JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)(scope, receive, send)
+                await JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)(scope, receive, send)
             return
         try:
             await self.app(scope, receive, self._timed(send))
@@ -147,11 +147,11 @@ class RequestGuard:
         close = {"Connection": "close"}
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"the request body is {int(declared):,} bytes; the limit is {limit:,} "
-                                "(--max_body_mb)", code="body_too_large", headers=close)
+            raise LLMVoXError(f"the request body is {int(declared):,} bytes; the limit is {limit:,} "
+                                "(--max_body_mb)", 413, code="body_too_large", headers=close)
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-            raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})",
+            raise LLMVoXError(f"send the body as JSON with 'Content-Type: application/json' (got {content_type!r})", 415,
                            code="unsupported_media_type", headers=close)
         chunks: list[bytes] = []
         size = 0
@@ -160,24 +160,24 @@ class RequestGuard:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        raise ApiError(400, "the client left before sending the whole body", code="client_gone")
+                        raise LLMVoXError("the client left before sending the whole body", 400, code="client_gone")
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
-                        raise ApiError(413, f"the request body is over {limit:,} bytes, the limit (--max_body_mb)",
+                        raise LLMVoXError(f"the request body is over {limit:,} bytes, the limit (--max_body_mb)", 413,
                                        code="body_too_large", headers=close)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise ApiError(408, f"the request body did not arrive within {self.settings.read_timeout:g} s "
-                                "(--read_timeout)", code="request_timeout", headers=close) from None
+            raise LLMVoXError(f"the request body did not arrive within {self.settings.read_timeout:g} s "
+                                "(--read_timeout)", 408, code="request_timeout", headers=close) from None
         body = b"".join(chunks)
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ApiError(400, f"the request body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at position "
-                                f"{exc.start})", code="invalid_utf8") from None
+            raise LLMVoXError(f"the request body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at position "
+                                f"{exc.start})", 400, code="invalid_utf8") from None
         return body
 
     def _timed(self, send):

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from llmvox.engine.stream import SpeechEngine
+    from llmvox.engine.engine import SpeechEngine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

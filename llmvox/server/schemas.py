@@ -32,27 +32,3 @@ class SpeechRequest(BaseModel):
     instructions: str | None = None
 
 
-class ApiError(Exception):
-    """An error answered as JSON: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    @property
-    def type(self) -> str:
-        if self.status in (401, 403):
-            return "authentication_error"
-        if self.status == 429:
-            return "rate_limit_error"
-        if self.status >= 500:
-            return "server_error"
-        return "invalid_request_error"
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmvox.engine.stream import StreamConfig
+from llmvox.engine.config import StreamConfig
 from llmvox.errors import LLMVoXError
+from llmvox.llm.select import CHAT_TYPES as LLM_CHAT_TYPES
 from llmvox.text.tokenizer import PAD_ID
 
-CHAT_TYPES = ("tts", "text", "voice", "visual_speech", "multimodal")
+CHAT_TYPES = ("tts", *LLM_CHAT_TYPES)  # tts: the speech endpoints alone
 
 
 @dataclass
@@ -35,9 +36,8 @@ class ServerSettings:
     threads: int | None = None  # torch threads per worker thread (None: cores / (2 * workers))
     stream: StreamConfig = field(default_factory=StreamConfig)
     shutdown_timeout: float = 10.0  # graceful shutdown: seconds streams get to finish
-    model_name: str = "llmvox"
     pad_id: int = PAD_ID
-    chat_options: dict[str, Any] = field(default_factory=dict)  # original chat flags, for the chat routes
+    chat_options: dict[str, Any] = field(default_factory=dict)  # chat flags by name (llmvox.chat_flags)
 
     def validate(self) -> ServerSettings:
         if self.chat_type not in CHAT_TYPES:

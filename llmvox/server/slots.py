@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from contextlib import suppress
 
-from llmvox.server.schemas import ApiError
+from llmvox.errors import LLMVoXError
 
 
 class StreamSlots:
@@ -30,8 +30,8 @@ class StreamSlots:
             self.active += 1
             return SlotLease(self)
         if len(self._waiters) >= self.max_queue or self.timeout <= 0:
-            raise ApiError(429, f"the server is busy: {self.active} streams are running and {len(self._waiters)} "
-                                "requests are waiting; retry later (or raise --max_streams / --max_queue)",
+            raise LLMVoXError(f"the server is busy: {self.active} streams are running and {len(self._waiters)} "
+                                "requests are waiting; retry later (or raise --max_streams / --max_queue)", 429,
                            code="too_many_streams", headers={"Retry-After": "1"})
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -45,8 +45,8 @@ class StreamSlots:
                 with suppress(ValueError):
                     self._waiters.remove(fut)
             if isinstance(exc, TimeoutError):
-                raise ApiError(503, f"no stream became free within {self.timeout:g} s; retry later "
-                                    "(or raise --max_streams / --queue_timeout)",
+                raise LLMVoXError(f"no stream became free within {self.timeout:g} s; retry later "
+                                    "(or raise --max_streams / --queue_timeout)", 503,
                                code="queue_timeout", headers={"Retry-After": "2"}) from None
             raise
         return SlotLease(self)

@@ -15,6 +15,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from llmvox.codec.config import SAMPLE_RATE
+
 STATIC_DIR = Path(__file__).with_name("static")
 INDEX = STATIC_DIR / "index.html"
 UI_PREFIX = "/ui"
@@ -39,8 +41,8 @@ def static_files() -> StaticFiles:
 
 def server_info(request: Request) -> dict[str, Any]:
     """What the page needs to set itself up: chat modes, voice, models, limits, chunk schedule."""
+    from llmvox.errors import LLMVoXError
     from llmvox.server.guard import check_api_key
-    from llmvox.server.schemas import ApiError
 
     state = request.app.state.llmvox
     settings = state.settings
@@ -48,7 +50,7 @@ def server_info(request: Request) -> dict[str, Any]:
     try:
         check_api_key(request.headers, settings)
         authorized = True
-    except ApiError:
+    except LLMVoXError:
         authorized = False
     modes: dict[str, dict[str, Any]] = {}
     for mode in CHAT_MODES:
@@ -69,7 +71,7 @@ def server_info(request: Request) -> dict[str, Any]:
         "authorized": authorized,
         "voice": {
             "name": state.tts.name if state.tts is not None else None,
-            "sample_rate": state.sample_rate if state.tts is not None else 24000,
+            "sample_rate": state.sample_rate if state.tts is not None else SAMPLE_RATE,
             "audio_format": "f32le",
         },
         "stream": {

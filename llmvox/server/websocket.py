@@ -18,20 +18,22 @@ Protocol (JSON text frames; audio in binary frames). See docs/websocket.md for t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import queue
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
 
-from llmvox.engine.stream import AudioChunk, SpeechStream
+from llmvox.engine.events import AudioChunk, EventBridge, Failed, Flushed, StreamEvent
+from llmvox.engine.stream import FLUSH, SpeechStream
 from llmvox.errors import LLMVoXError
 from llmvox.server.audio_out import make_encoder
 from llmvox.server.context import request_id_var
 from llmvox.server.guard import deny_websocket
-from llmvox.server.schemas import ApiError
 from llmvox.server.slots import SlotLease
 from llmvox.text.normalize import normalize
 
@@ -48,14 +50,14 @@ async def ws_stream(ws: WebSocket) -> None:
     fmt = ws.query_params.get("format", "pcm")
     try:  # the key and the Origin were checked by the guard before this handshake
         if fmt not in WS_FORMATS:
-            raise ApiError(400, f"unknown format {fmt!r}; use format=pcm (s16le) or format=f32", code="invalid_format",
+            raise LLMVoXError(f"unknown format {fmt!r}; use format=pcm (s16le) or format=f32", 400, code="invalid_format",
                            param="format")
         if state.draining or state.engine is None:
-            raise ApiError(503, "the server is shutting down", code="shutting_down")
-    except ApiError as exc:
+            raise LLMVoXError("the server is shutting down", 503, code="shutting_down")
+    except LLMVoXError as exc:
         state.metrics.errors.labels("/v1/stream", "rejected").inc()
-        state.metrics.requests.labels("/v1/stream", str(exc.status)).inc()
-        log.info("websocket rejected: %s %s", exc.status, exc.message)
+        state.metrics.requests.labels("/v1/stream", str(exc.http_status)).inc()
+        log.info("websocket rejected: %s %s", exc.http_status, exc.message)
         await deny_websocket(ws, exc)
         return
     session = _Session(ws, state, fmt, rid)
@@ -69,8 +71,21 @@ async def ws_stream(ws: WebSocket) -> None:
         log.info("websocket closed")
 
 
+@dataclass
+class _Spoken:
+    """An event of the stream `bridge` carried, queued for the writer (dropped if that stream was cancelled)."""
+
+    bridge: EventBridge
+    event: StreamEvent
+
+
 class _Session:
     """One connection: a reader (client messages) and a writer (audio and events, in order).
+
+    Text goes to the current speech stream through a queue that its feeder thread reads, so words are
+    segmented, normalised and read off the event loop; the stream's events come back through its
+    `EventBridge` and are forwarded, in order with the session's own events, to the writer. A cancel
+    drops the stream and its bridge: nothing of the old text is sent after "cancelled".
 
     The session holds a stream slot only while it has something to speak: from the text that starts a
     sentence until that audio is sent. An open connection with nothing to say costs no slot, and one
@@ -82,37 +97,47 @@ class _Session:
         self.state = state
         self.fmt = fmt
         self.rid = rid
-        self.loop = asyncio.get_running_loop()
-        self.out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        self.out: asyncio.Queue[dict[str, Any] | _Spoken | int] = asyncio.Queue()  # int: close with that code
         self.stream: SpeechStream | None = None
-        self.generation = 0  # bumped by every cancel: older audio is dropped
+        self.bridge: EventBridge | None = None
+        self.text: queue.Queue | None = None  # what the stream's feeder thread reads
+        self.queued_chars = 0  # characters put on `text` (the stream has taken them when text_chars says so)
         self.utterance = 0
         self.ended = False
         self.delivered = 0  # segments of the current stream whose audio was fully sent
-        self.flush_marks: list[int] = []
         self.audio_seconds = 0.0
         self.lease: SlotLease | None = None
         self.last_activity = time.monotonic()
 
     # ---- engine side ---------------------------------------------------------------------------
-    def _new_stream(self) -> SpeechStream:
-        gen = self.generation
-
-        def sink(item: AudioChunk | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the session is over
-                self.loop.call_soon_threadsafe(self.out.put_nowait, ("audio" if item is not None else "end", gen, item))
-
+    def _new_stream(self) -> None:
         self.utterance += 1
-        stream = self.state.engine.open(sink=sink, request_id=f"{self.rid}.{self.utterance}")
+        self.bridge = bridge = EventBridge()
+        self.stream = self.state.engine.open(sink=bridge, request_id=f"{self.rid}.{self.utterance}")
+        self.text = queue.Queue()
+        self.queued_chars = 0
+        self.stream.feed_from(iter(self.text.get, None))
         self.delivered = 0
-        self.flush_marks = []
         self.audio_seconds = 0.0  # of this utterance (since the last cancel)
-        return stream
+        asyncio.get_running_loop().create_task(self._forward(bridge))
+
+    async def _forward(self, bridge: EventBridge) -> None:
+        async for event in bridge:
+            self.out.put_nowait(_Spoken(bridge, event))
+
+    def _drop_stream(self) -> None:
+        if self.stream is not None and not self.stream.done:
+            self.stream.cancel()
+        if self.text is not None:
+            self.text.put(None)  # the feeder thread ends
+        if self.bridge is not None:
+            self.bridge.close()
+        self.stream = self.bridge = self.text = None
 
     def close(self) -> None:
         if self.stream is not None and not self.stream.done:
-            self.stream.cancel()
             self.state.metrics.disconnects.labels("/v1/stream").inc()
+        self._drop_stream()
         self._release()
 
     # ---- the stream slot -------------------------------------------------------------------------
@@ -122,7 +147,7 @@ class _Session:
             return True
         try:
             self.lease = await self.state.slots.acquire()
-        except ApiError as exc:
+        except LLMVoXError as exc:
             self._event({"type": "error", "code": exc.code, "message": exc.message})
             return False
         return True
@@ -133,9 +158,11 @@ class _Session:
             self.lease = None
 
     def _release_if_idle(self) -> None:
-        """Give the slot back when every sentence fed so far has been sent and none is still open."""
+        """Give the slot back when all text sent has been taken, every sentence of it has been sent and
+        none is still open."""
         stream = self.stream
-        if stream is None or stream.done or (self.delivered >= stream.segments and not stream.sentence_open):
+        if stream is None or stream.done or (stream.text_chars >= self.queued_chars and not stream.sentence_open
+                                             and self.delivered >= stream.segments):
             self._release()
 
     # ---- run -----------------------------------------------------------------------------------
@@ -169,134 +196,129 @@ class _Session:
                     continue  # audio is still flowing to the client
                 self._event({"type": "error", "code": "idle_timeout",
                              "message": f"nothing was sent or spoken for {idle:g} s (--idle_timeout); closing"})
-                self.out.put_nowait(("close", self.generation, 1000))
+                self.out.put_nowait(1000)
                 return
             self.last_activity = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
-            if message.get("text") is None:
-                self._event({"type": "error", "code": "binary_not_accepted",
-                             "message": "send JSON text messages; audio only flows from the server"})
-                continue
-            try:
-                msg = json.loads(message["text"])
-            except json.JSONDecodeError as exc:
-                self._event({"type": "error", "code": "invalid_json", "message": f"not valid JSON: {exc}"})
-                continue
-            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-                self._event({"type": "error", "code": "invalid_message",
-                             "message": 'each message is a JSON object with a "type" (text, flush, cancel, end)'})
-                continue
-            await self._handle(msg)
+            msg = self._parse(message)
+            if msg is not None:
+                await self._handle(msg)
             if self.ended:
                 return
+
+    def _parse(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """A client message as a dict with a "type", or None (an error event was sent)."""
+        if message.get("text") is None:
+            self._event({"type": "error", "code": "binary_not_accepted",
+                         "message": "send JSON text messages; audio only flows from the server"})
+            return None
+        try:
+            msg = json.loads(message["text"])
+        except json.JSONDecodeError as exc:
+            self._event({"type": "error", "code": "invalid_json", "message": f"not valid JSON: {exc}"})
+            return None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self._event({"type": "error", "code": "invalid_message",
+                         "message": 'each message is a JSON object with a "type" (text, flush, cancel, end)'})
+            return None
+        return msg
 
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "text":
-            text = msg.get("text")
-            if not isinstance(text, str):
-                self._event({"type": "error", "code": "invalid_text", "message": '"text" must be a string'})
-                return
-            limit = self.state.settings.max_text_chars
-            if len(text) > limit:
-                self._event({"type": "error", "code": "text_too_long",
-                             "message": f"a text message has {len(text)} characters; the limit is {limit}"})
-                return
-            spoken = normalize(text) if self.state.settings.stream.normalize else text
-            if len(spoken) > limit:
-                self._event({"type": "error", "code": "text_too_long",
-                             "message": f"a text message becomes {len(spoken)} characters once numbers and symbols "
-                                        f"are spelled out; the limit is {limit}"})
-                return
-            if not await self._hold_slot():
-                return
-            if self.stream is None:
-                self.stream = self._new_stream()
-            self._call(self.stream.feed, text)
-            self._release_if_idle()
+            await self._text(msg.get("text"))
         elif kind == "flush":
             if self.stream is None:
-                self.out.put_nowait(("flush", self.generation, 0))
-                return
-            if not await self._hold_slot():
-                return
-            n = self._call(self.stream.flush)
-            self.out.put_nowait(("flush", self.generation, n or 0))
-            self._release_if_idle()
+                self._event({"type": "flushed", "segments": 0})
+            elif await self._hold_slot():
+                self.text.put(FLUSH)
         elif kind == "cancel":
-            if self.stream is not None:
-                self.stream.cancel()
-            self.stream = None
+            self._drop_stream()
             self._release()
-            self.generation += 1
             self._event({"type": "cancelled"})
         elif kind == "end":
             self.ended = True
             if self.stream is None:
-                self.out.put_nowait(("done", self.generation, None))
+                self.out.put_nowait({"type": "done", "segments": 0, "audio_seconds": 0.0,
+                                     "time_to_first_audio": None})
+                self.out.put_nowait(1000)
             else:
-                self._call(self.stream.end)
-                self._release_if_idle()
+                self.text.put(None)  # the feeder ends the stream: its Done closes the session
         else:
             self._event({"type": "error", "code": "unknown_type",
                          "message": f"unknown message type {kind!r}; use text, flush, cancel or end"})
 
-    def _call(self, fn, *args):
-        try:
-            return fn(*args)
-        except LLMVoXError as exc:
-            self._event({"type": "error", "code": "stream_error", "message": str(exc)})
-            return None
+    async def _text(self, text: Any) -> None:
+        if not isinstance(text, str):
+            self._event({"type": "error", "code": "invalid_text", "message": '"text" must be a string'})
+            return
+        limit = self.state.settings.max_text_chars
+        if len(text) > limit:
+            self._event({"type": "error", "code": "text_too_long",
+                         "message": f"a text message has {len(text)} characters; the limit is {limit}"})
+            return
+        if self.state.settings.stream.normalize:  # the bound on what spelling out can make of it, off the loop
+            spoken = await run_in_threadpool(normalize, text)
+            if len(spoken) > limit:
+                self._event({"type": "error", "code": "text_too_long",
+                             "message": f"a text message becomes {len(spoken)} characters once numbers and "
+                                        f"symbols are spelled out; the limit is {limit}"})
+                return
+        if not await self._hold_slot():
+            return
+        if self.stream is None:
+            self._new_stream()
+        self.queued_chars += len(text)
+        self.text.put(text)
 
     def _event(self, event: dict[str, Any]) -> None:
-        self.out.put_nowait(("event", self.generation, event))
+        self.out.put_nowait(event)
 
     async def _writer(self) -> None:
         encoder = make_encoder(self.fmt, self.state.sample_rate)
         while True:
-            kind, gen, item = await self.out.get()
-            if kind == "event":
-                await self.ws.send_json(item)
-                continue
-            if kind == "close":
+            item = await self.out.get()
+            if isinstance(item, int):
                 await self.ws.close(code=item)
                 return
-            if gen != self.generation:
+            if isinstance(item, dict):
+                await self.ws.send_json(item)
+                continue
+            if item.bridge is not self.bridge:
                 continue  # audio or markers of cancelled text
-            if kind == "audio":
-                chunk: AudioChunk = item
-                if chunk.index == 0:
-                    await self.ws.send_json({"type": "segment", "index": chunk.segment, "text": chunk.text or ""})
-                if len(chunk.samples):
-                    await self.ws.send_bytes(encoder.encode(chunk.samples))
-                    self.audio_seconds += len(chunk.samples) / self.state.sample_rate
-                    self.last_activity = time.monotonic()
-                if chunk.last_in_segment:
-                    self.delivered = chunk.segment + 1
-                    self._release_if_idle()
-                    await self._send_flushed()
-            elif kind == "flush":
-                self.flush_marks.append(item)
-                await self._send_flushed()
-            elif kind in ("end", "done"):
-                self._release()
-                stream = self.stream
-                if stream is not None and stream.error is not None:
-                    await self.ws.send_json({"type": "error", "code": "generation_failed",
-                                             "message": f"speech generation failed: {stream.error}"})
-                if not self.ended:
-                    self.stream = None  # a failed stream: new text starts a new one
-                    continue
-                if self.ended:
-                    timings = stream.timings() if stream is not None else {}
-                    await self.ws.send_json({"type": "done", "segments": stream.segments if stream else 0,
-                                             "audio_seconds": round(self.audio_seconds, 3),
-                                             "time_to_first_audio": timings.get("time_to_first_audio")})
-                    await self.ws.close(code=1000)
-                    return
+            if await self._send(item.event, encoder):
+                return
 
-    async def _send_flushed(self) -> None:
-        while self.flush_marks and self.flush_marks[0] <= self.delivered:
-            self.flush_marks.pop(0)
-            await self.ws.send_json({"type": "flushed", "segments": self.delivered})
+    async def _send(self, event: StreamEvent, encoder) -> bool:
+        """Send one stream event; True when the session is over."""
+        if isinstance(event, AudioChunk):
+            if event.index == 0:
+                await self.ws.send_json({"type": "segment", "index": event.segment, "text": event.text or ""})
+            if len(event.samples):
+                await self.ws.send_bytes(encoder.encode(event.samples))
+                self.audio_seconds += len(event.samples) / self.state.sample_rate
+                self.last_activity = time.monotonic()
+            if event.last_in_segment:
+                self.delivered = event.segment + 1
+                self._release_if_idle()
+            return False
+        if isinstance(event, Flushed):
+            await self.ws.send_json({"type": "flushed", "segments": event.segments})
+            self._release_if_idle()
+            return False
+        # Done or Failed: the stream is over
+        self._release()
+        stream = self.stream
+        if isinstance(event, Failed):
+            await self.ws.send_json({"type": "error", "code": "generation_failed",
+                                     "message": f"speech generation failed: {event.error}"})
+        if not self.ended:
+            self._drop_stream()  # a failed stream: new text starts a new one
+            return False
+        timings = stream.timings() if stream is not None else {}
+        await self.ws.send_json({"type": "done", "segments": stream.segments if stream else 0,
+                                 "audio_seconds": round(self.audio_seconds, 3),
+                                 "time_to_first_audio": timings.get("time_to_first_audio")})
+        await self.ws.close(code=1000)
+        return True

@@ -94,6 +94,22 @@ def _year_words(year: int) -> str:
     return _tidy(num2words(year, to="year"))
 
 
+def cardinal_words(n: int) -> str:
+    """An integer in words, as the voice says it: 2024 -> "two thousand twenty four" (also the training
+    sentences' speller, so what the voice hears is what it was trained on)."""
+    return "minus " + _int_words(str(-n)) if n < 0 else _int_words(str(n))
+
+
+def ordinal_words(n: int) -> str:
+    """21 -> "twenty first"."""
+    return _ordinal_words(str(n))
+
+
+def year_words(year: int) -> str:
+    """1984 -> "nineteen eighty four", 2005 -> "two thousand five"."""
+    return _year_words(year)
+
+
 def _plural_last(words: str) -> str:
     """'nineteen ninety' -> 'nineteen nineties' (decades)."""
     head, _, last = words.rpartition(" ")

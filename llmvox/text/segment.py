@@ -257,25 +257,30 @@ class SentenceSegmenter:
                 return nl
             self._fence_line = self._fence_scan = nl + 1
 
+    def _decide_newline(self, j: int, final: bool) -> tuple[bool, int] | None:
+        """A line break ends a sentence unless the next line continues plain prose."""
+        buf = self._buf
+        if self._line_kind == "block":
+            return True, j
+        q = _HSPACE.match(buf, j + 1).end()
+        if q == len(buf):
+            return (True, j) if final else _WAIT
+        if buf[q] == "\n":
+            return True, j
+        kind = self._kind_of_line(j + 1, final)
+        if kind is _WAIT:
+            return _WAIT
+        if kind != "plain":
+            return True, j
+        self._line_kind = "plain"
+        return False, j + 1
+
     def _decide(self, j: int, final: bool) -> tuple[bool, int] | None:
         """Is the candidate at j a boundary? (True, segment end) / (False, resume at) / _WAIT."""
         buf = self._buf
         n = len(buf)
         if buf[j] == "\n":
-            if self._line_kind == "block":
-                return True, j
-            q = _HSPACE.match(buf, j + 1).end()
-            if q == n:
-                return (True, j) if final else _WAIT
-            if buf[q] == "\n":
-                return True, j
-            kind = self._kind_of_line(j + 1, final)
-            if kind is _WAIT:
-                return _WAIT
-            if kind != "plain":
-                return True, j
-            self._line_kind = "plain"
-            return False, j + 1
+            return self._decide_newline(j, final)
         k, cap = j, min(n, j + _MAX_RUN)
         while k < cap and buf[k] in _TERMINATORS:
             k += 1

@@ -1,19 +1,15 @@
-"""Training a WavTokenizer codec on a CPU: the loop, the EMA codebook, checkpoints and evaluation.
+"""Training a WavTokenizer codec on a CPU: the trainer and its loop, readable top to bottom.
 
-What the plain `WavTokenizer.forward` lacks for training, and this module adds:
+One step (`train_step`) encodes random crops, quantises them with a straight-through gradient,
+decodes, and minimises mel + multi-resolution STFT + commitment losses (plus, when enabled, the phase,
+semantic-distillation and GAN terms) with AdamW, warmup + cosine decay and gradient clipping; bf16
+autocast covers the encoder and backbone, while the ISTFT head, spectra and codebook distances stay
+float32. `fit` repeats it, logging, evaluating, exporting milestones and saving on schedule.
 
-* a straight-through estimator around the codebook (the decoder's gradient reaches the encoder as if
-  quantisation were the identity) and a commitment loss that keeps encoder outputs near their codes;
-* an EMA codebook (exponential moving averages of assignment counts and of the vectors assigned),
-  initialised by k-means on real encoder outputs and with dead codes re-seeded from the current batch,
-  because a large codebook trained from scratch on little data otherwise collapses onto a few codes;
-* bf16 autocast for the encoder and backbone (the ISTFT head, spectra and the codebook distances stay
-  float32), AdamW with warmup + cosine decay, gradient clipping;
-* random fixed-length crops drawn from a generator seeded by (seed, step), so that a resumed run sees
-  exactly the batches an uninterrupted run would have seen;
-* atomic full checkpoints (model, optimiser, step, RNG) for resume, an original-layout Lightning
-  checkpoint + YAML for loading, periodic evaluation on held-out corpus clips (mel distance, codebook
-  perplexity) written to JSONL, and inference-only milestone exports.
+Everything else has a module of its own: the settings and their YAML mapping (`codec_config`), the
+clips and seeded crops (`codec_data`), the EMA codebook (`ema_codebook`), quantisation and latent
+rescaling (`codec_latents`), held-out evaluation (`codec_eval`) and the run folder's files: state,
+checkpoints, milestones, logs (`codec_checkpoints`).
 
 Phase B of our recipe freezes the encoder and codebook (`freeze_encoder`): codes stop changing, so a
 corpus tokenised with the phase-A codec stays valid while the backbone and head keep improving.
@@ -22,27 +18,40 @@ corpus tokenised with the phase-A codec stays valid while the backbone and head 
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import math
 import os
 import sys
 import time
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmvox.codec.config import CodecConfig
-from llmvox.codec.wavtokenizer import CodebookQuantizer, WavTokenizer
+from llmvox.codec.wavtokenizer import WavTokenizer
 from llmvox.errors import LLMVoXError
+from llmvox.train.codec_checkpoints import (
+    EVAL_LOG,
+    STATE_FILE,
+    STATE_VERSION,
+    TRAIN_LOG,
+    append_jsonl,
+    codes_fingerprint,
+    export_milestone,
+    load_milestone_weights,
+    read_training_state,
+    resumed_run,
+    write_checkpoints,
+)
+from llmvox.train.codec_config import CodecTrainSettings
+from llmvox.train.codec_data import Clip, CropDataset, load_clips, split_heldout
+from llmvox.train.codec_eval import EvalResult, evaluate_heldout
+from llmvox.train.codec_latents import match_latent_scale, quantize_for_training, scale_encoder_output
+from llmvox.train.ema_codebook import EmaCodebook
 from llmvox.train.losses import (
     TRAIN_LOG_FLOOR,
     MelDistance,
@@ -54,396 +63,9 @@ from llmvox.train.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
-from llmvox.train.semantic import SemanticStore
+from llmvox.train.semantic import SemanticStore, probe_distance
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.pt"
-CKPT_FILE = "wavtokenizer.ckpt"
-CONFIG_FILE = "config.yaml"
-TRAIN_LOG = "train.jsonl"
-EVAL_LOG = "eval.jsonl"
-MILESTONES = "milestones"
-STATE_VERSION = 1
-
-
-# ============================================================================================
-# Settings
-# ============================================================================================
-
-
-@dataclass
-class CodecTrainSettings:
-    """Everything that shapes a training run besides the model sizes (those are in `CodecConfig`)."""
-
-    max_steps: int = 20000
-    batch_size: int = 8
-    segment_seconds: float = 1.0
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 5.0
-    # loss weights (the original: mel 45, commitment 1000, each GAN family 1)
-    mel_weight: float = 45.0
-    stft_weight: float = 15.0
-    commit_weight: float = 5.0
-    log_floor: float = TRAIN_LOG_FLOOR  # magnitude clamp before the logs of the mel/STFT losses
-    phase_weight: float = 0.0  # phase-derivative loss at the head's STFT resolution (see losses.py)
-    # semantic distillation (see semantic.py): codes also predict Whisper encoder features
-    semantic_weight: float = 0.0
-    semantic_dir: str | None = None
-    # codebook
-    codebook_decay: float = 0.99
-    kmeans_iters: int = 30
-    kmeans_init_batches: int = 8
-    dead_code_fraction: float = 0.05  # dead when its usage EMA < this x the uniform share of a batch
-    vq_warmup_steps: int = 0  # steps that skip quantisation before the k-means initialisation
-    track_latent_mean: bool = True  # shift the codebook with the latents' batch mean (see EmaCodebook)
-    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to the decoder's
-    latent_init_std: float = 1.0  # data-dependent scale of the fresh encoder's output (0: off)
-    # phases
-    freeze_encoder: bool = False
-    adversarial: bool = False
-    adv_weight: float = 2.0
-    fm_weight: float = 2.0
-    disc_learning_rate: float = 2e-4
-    schedule_start: int = 0  # the step at which the current warmup + cosine schedule began
-    # runtime
-    bf16: bool = True
-    # The encoder's convs are narrow (16-256 channels at high rates): bf16 does not speed them up on
-    # a CPU (measured: same step time), and float32 keeps training codes equal to inference codes.
-    encoder_bf16: bool = False
-    threads: int = 1
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 500
-    save_every: int = 200
-    eval_clips: int = 8
-    eval_max_seconds: float = 6.0
-    milestone_improvement: float = 0.03  # relative eval mel improvement that triggers an export
-    milestone_dtype: str = "float16"
-    export_every: int = 0  # also export a milestone every N steps whatever the eval says (0: off)
-    reinit_codebook: bool = False  # with init_weights: k-means a fresh codebook (e.g. after a VQ warm-up)
-
-    def validate(self) -> None:
-        checks = {
-            "max_steps": self.max_steps >= 0, "batch_size": self.batch_size > 0,
-            "segment_seconds": self.segment_seconds > 0, "learning_rate": self.learning_rate > 0,
-            "threads": self.threads > 0, "eval_every": self.eval_every > 0, "save_every": self.save_every > 0,
-            "log_every": self.log_every > 0, "eval_clips": self.eval_clips >= 0,
-            "codebook_decay": 0 < self.codebook_decay < 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise LLMVoXError(f"codec training: invalid {bad[0]} = {getattr(self, bad[0])!r}")
-        if self.milestone_dtype not in ("float16", "bfloat16", "float32"):
-            raise LLMVoXError(f"codec training: milestone_dtype must be float16, bfloat16 or float32, "
-                              f"got {self.milestone_dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CodecTrainSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LLMVoXError(f"codec training: unknown settings {unknown}")
-        values = dict(data)
-        if "betas" in values:
-            values["betas"] = tuple(float(b) for b in values["betas"])
-        return cls(**values)
-
-
-# Original YAML keys that carry training settings: (path, our field, converter).
-_ORIGINAL_KEYS: tuple[tuple[tuple[str, ...], str, Callable[[Any], Any]], ...] = (
-    (("model", "init_args", "initial_learning_rate"), "learning_rate", float),
-    (("model", "init_args", "num_warmup_steps"), "warmup_steps", int),
-    (("model", "init_args", "mel_loss_coeff"), "mel_weight", float),
-    (("data", "init_args", "train_params", "batch_size"), "batch_size", int),
-    (("trainer", "max_steps"), "max_steps", int),
-)
-OUR_SECTION = "llmvox_train"  # our extra settings live in their own top-level YAML section
-
-
-def settings_from_yaml(data: dict[str, Any]) -> dict[str, Any]:
-    """Training settings named in an original-schema YAML (plus our `llmvox_train` section)."""
-    found: dict[str, Any] = {}
-    for path, name, convert in _ORIGINAL_KEYS:
-        node: Any = data
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            found[name] = convert(node)
-    train_params = ((data.get("data") or {}).get("init_args") or {}).get("train_params") or {}
-    rate = ((data.get("model") or {}).get("init_args") or {}).get("sample_rate", 24000)
-    if "num_samples" in train_params:
-        found["segment_seconds"] = float(train_params["num_samples"]) / float(rate)
-    ours = data.get(OUR_SECTION) or {}
-    if not isinstance(ours, dict):
-        raise LLMVoXError(f"codec config: '{OUR_SECTION}' must be a mapping")
-    known = {f.name for f in fields(CodecTrainSettings)}
-    unknown = sorted(set(ours) - known)
-    if unknown:
-        raise LLMVoXError(f"codec config: unknown {OUR_SECTION} keys {unknown}")
-    found.update(ours)
-    return found
-
-
-def full_yaml(config: CodecConfig, settings: CodecTrainSettings, data_path: str | None) -> dict[str, Any]:
-    """The original-schema YAML for this run (model sizes + training keys) plus our section."""
-    doc = config.to_yaml_dict()
-    init = doc["model"]["init_args"]
-    init.update({
-        "initial_learning_rate": settings.learning_rate,
-        "num_warmup_steps": settings.warmup_steps,
-        "mel_loss_coeff": settings.mel_weight,
-        "mrd_loss_coeff": 1.0,
-        "pretrain_mel_steps": 0,
-    })
-    doc["data"] = {
-        "class_path": "decoder.dataset.VocosDataModule",
-        "init_args": {"train_params": {
-            "filelist_path": data_path,
-            "sampling_rate": config.sample_rate,
-            "num_samples": int(round(settings.segment_seconds * config.sample_rate)),
-            "batch_size": settings.batch_size,
-        }},
-    }
-    doc["trainer"] = {"max_steps": settings.max_steps}
-    doc[OUR_SECTION] = settings.to_dict()
-    return doc
-
-
-# ============================================================================================
-# Data: random crops of the corpus
-# ============================================================================================
-
-
-@dataclass(frozen=True)
-class Clip:
-    id: str
-    path: str
-    frames: int
-    rate: int
-
-
-class CropDataset:
-    """Random fixed-length crops of a corpus; the crops of step s depend only on (seed, s)."""
-
-    def __init__(self, clips: list[Clip], sample_rate: int, segment_samples: int, seed: int) -> None:
-        if not clips:
-            raise LLMVoXError("codec training: no training clips")
-        self.clips = clips
-        self.sample_rate = sample_rate
-        self.segment = segment_samples
-        self.seed = seed
-
-    def batch(self, step: int, batch_size: int, stream: int = 0) -> Tensor:
-        """The crops of `step`; other `stream`s give independent batches (e.g. for k-means)."""
-        return self.batch_with_crops(step, batch_size, stream)[0]
-
-    def batch_with_crops(self, step: int, batch_size: int, stream: int = 0) -> tuple[Tensor, list[tuple[str, float]]]:
-        """`batch` plus the (clip id, start in seconds) of every crop."""
-        rng = np.random.default_rng([self.seed, stream, step])
-        out = np.zeros((batch_size, self.segment), dtype=np.float32)
-        crops = []
-        for row, index in enumerate(rng.integers(0, len(self.clips), batch_size)):
-            clip = self.clips[int(index)]
-            need = int(math.ceil(self.segment * clip.rate / self.sample_rate))
-            start = int(rng.integers(0, max(clip.frames - need, 0) + 1))
-            out[row] = _read_segment(clip, start, need, self.sample_rate)[: self.segment]
-            crops.append((clip.id, start / clip.rate))
-        return torch.from_numpy(out), crops
-
-
-def _read_segment(clip: Clip, start: int, frames: int, target_rate: int) -> np.ndarray:
-    """`frames` samples from `start` (zero-padded at the end) as float32 mono at `target_rate`."""
-    import soundfile as sf
-
-    from llmvox.audio import resample
-
-    data, _ = sf.read(clip.path, start=start, frames=frames, dtype="float32", always_2d=True)
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    mono = resample(mono, clip.rate, target_rate)
-    want = int(math.ceil(frames * target_rate / clip.rate))
-    if mono.shape[0] < want:
-        mono = np.pad(mono, (0, want - mono.shape[0]))
-    return mono
-
-
-def read_clip(clip: Clip, target_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    frames = clip.frames if max_seconds is None else min(clip.frames, int(max_seconds * clip.rate))
-    return _read_segment(clip, 0, frames, target_rate)
-
-
-def load_clips(data_path: str | os.PathLike) -> list[Clip]:
-    """Every usable clip of a dataset JSON (bad entries are logged with their ids and skipped)."""
-    import soundfile as sf
-
-    from llmvox.train.dataset import load_dataset_json
-
-    entries, problems = load_dataset_json(data_path, on_error="skip")
-    for problem in problems[:20]:
-        log.warning("skipping dataset entry: %s", problem)
-    if len(problems) > 20:
-        log.warning("... and %d more skipped entries", len(problems) - 20)
-    clips = []
-    for entry in entries:
-        info = sf.info(str(entry.audio_path))
-        clips.append(Clip(entry.id, str(entry.audio_path), int(info.frames), int(info.samplerate)))
-    if not clips:
-        raise LLMVoXError(f"dataset {data_path} has no usable clips")
-    return clips
-
-
-def split_heldout(clips: list[Clip], count: int, fixed_ids: list[str] | None = None) -> tuple[list[Clip], list[Clip]]:
-    """(train, eval): the eval clips are `fixed_ids` if given, else the `count` ids of lowest hash."""
-    if fixed_ids is None:
-        ranked = sorted(clips, key=lambda c: (zlib.crc32(c.id.encode("utf-8")), c.id))
-        fixed_ids = [c.id for c in ranked[: min(count, max(len(clips) - 1, 0))]]
-    chosen = set(fixed_ids)
-    by_id = {c.id: c for c in clips}
-    missing = [i for i in fixed_ids if i not in by_id]
-    if missing:
-        raise LLMVoXError(f"codec training: held-out eval clips {missing[:5]} are no longer in the dataset")
-    return [c for c in clips if c.id not in chosen], [by_id[i] for i in fixed_ids]
-
-
-# ============================================================================================
-# The EMA codebook
-# ============================================================================================
-
-
-class EmaCodebook:
-    """Training rules for a `CodebookQuantizer`'s buffers (embed, embed_avg, cluster_size, inited).
-
-    The codebook is not a parameter: each row is the running mean of the encoder vectors assigned to
-    it (EMA of their sum / EMA of their count, with Laplace smoothing so empty rows stay finite).
-    The encoder's outputs drift mostly as a whole early in training (one optimiser step moves their
-    common mean by about their whole frame-to-frame spread), which a slow EMA cannot follow: every
-    frame then lands on the one row nearest the new mean and the codebook collapses. `recenter`
-    therefore shifts all rows (and their sums) with the batch mean before each assignment, so the
-    EMA only has to follow the shape of the cloud, not its position.
-
-    Rows whose usage EMA drops below `dead_fraction` of a uniform share are re-seeded with random
-    vectors of the current batch, and their statistics reset to one uniform share, so they get a fair
-    chance instead of being overwritten back by their stale averages.
-    """
-
-    def __init__(self, quantizer: CodebookQuantizer, decay: float = 0.99, dead_fraction: float = 0.05,
-                 epsilon: float = 1e-5) -> None:
-        self.q = quantizer
-        self.decay = decay
-        self.dead_fraction = dead_fraction
-        self.epsilon = epsilon
-        self.center: Tensor | None = None  # the latent mean the rows are currently aligned to
-        self.anchor: Tensor | None = None  # the latent mean at initialisation (see `anchor_loss`)
-
-    def _smoothed_counts(self) -> Tensor:
-        k = self.size
-        total = self.q.cluster_size.sum()
-        return (self.q.cluster_size + self.epsilon) / (total + k * self.epsilon) * total
-
-    @torch.no_grad()
-    def recenter(self, mean: Tensor) -> None:
-        """Move every row by the change of the latent mean since the last call."""
-        mean = mean.detach().float()
-        if self.center is not None:
-            delta = mean - self.center
-            self.q.embed.add_(delta[None, :])
-            self.q.embed_avg.add_(delta[None, :] * self._smoothed_counts()[:, None])
-        self.center = mean.clone()
-        if self.anchor is None:  # e.g. weights loaded from an export: anchor where training resumes
-            self.anchor = mean.clone()
-
-    @property
-    def size(self) -> int:
-        return int(self.q.embed.shape[0])
-
-    @property
-    def initialised(self) -> bool:
-        return bool(self.q.inited.item() > 0)
-
-    def mark_uninitialised(self) -> None:
-        self.q.inited.zero_()
-
-    @torch.no_grad()
-    def kmeans_init(self, vectors: Tensor, iters: int, frames_per_batch: int,
-                    generator: torch.Generator | None = None) -> None:
-        """Set the rows to k-means centroids of (N, D) `vectors` (random rows when N < K)."""
-        vectors = vectors.float()
-        k = self.size
-        n = vectors.shape[0]
-        if n >= k:
-            centroids = vectors[torch.randperm(n, generator=generator)[:k]].clone()
-        else:
-            centroids = vectors[torch.randint(0, n, (k,), generator=generator)].clone()
-            centroids += 1e-3 * vectors.std() * torch.randn(centroids.shape, generator=generator)
-        counts = torch.zeros(k)
-        for _ in range(max(iters, 0)):
-            assign = _nearest(vectors, centroids)
-            counts = torch.bincount(assign, minlength=k).float()
-            sums = torch.zeros_like(centroids).index_add_(0, assign, vectors)
-            filled = counts > 0
-            centroids[filled] = sums[filled] / counts[filled, None]
-        if iters <= 0:
-            counts = torch.bincount(_nearest(vectors, centroids), minlength=k).float()
-        share = counts * (frames_per_batch / max(n, 1))
-        share = share.clamp(min=frames_per_batch / k)  # unused centroids start with one uniform share
-        self.q.embed.copy_(centroids)
-        self.q.cluster_size.copy_(share)
-        self.q.embed_avg.copy_(centroids * share[:, None])
-        self.q.inited.fill_(1)
-        self.center = vectors.mean(0)
-        self.anchor = self.center.clone()
-
-    def anchor_loss(self, latents: Tensor) -> Tensor:
-        """Squared distance of the batch's mean latent from its value at initialisation (per dim).
-
-        `recenter` makes the codebook follow the mean, which also removes the commitment loss's
-        restoring force on it; without this term the mean random-walks away (Adam momentum makes
-        it a steady drift) and the codebook is always one step behind the encoder.
-        """
-        if self.anchor is None:
-            return latents.new_zeros(())
-        return (latents.mean(dim=(0, 2)) - self.anchor).pow(2).mean()
-
-    @torch.no_grad()
-    def update(self, vectors: Tensor, codes: Tensor) -> int:
-        """One EMA step from (N, D) vectors and their (N,) codes; returns how many rows were re-seeded."""
-        vectors = vectors.float()
-        k = self.size
-        counts = torch.bincount(codes, minlength=k).float()
-        sums = torch.zeros(k, vectors.shape[1]).index_add_(0, codes, vectors)
-        self.q.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.q.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        self.q.embed.copy_(self.q.embed_avg / self._smoothed_counts()[:, None])
-        share = vectors.shape[0] / k
-        dead = self.q.cluster_size < self.dead_fraction * share
-        n_dead = int(dead.sum())
-        if n_dead:
-            picks = vectors[torch.randint(0, vectors.shape[0], (n_dead,))]
-            self.q.embed[dead] = picks
-            self.q.embed_avg[dead] = picks * share
-            self.q.cluster_size[dead] = share
-        return n_dead
-
-    def usage_perplexity(self) -> float:
-        return codebook_perplexity(self.q.cluster_size)
-
-
-def _nearest(vectors: Tensor, table: Tensor, chunk: int = 8192) -> Tensor:
-    out = []
-    table_sq = table.pow(2).sum(1)
-    for start in range(0, vectors.shape[0], chunk):
-        x = vectors[start:start + chunk]
-        out.append((table_sq[None, :] - 2 * x @ table.t()).argmin(dim=1))
-    return torch.cat(out)
 
 
 # ============================================================================================
@@ -462,14 +84,6 @@ class StepOutput:
     features: Tensor  # (B, D, T) what the backbone saw (quantised, straight-through gradient)
     codes: Tensor | None  # (B, T) or None while quantisation is skipped
     commit: Tensor
-
-
-def quantize_for_training(model: WavTokenizer, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(quantised features with a straight-through gradient, codes, commitment loss)."""
-    codes = model.quantizer.nearest(latents)
-    quantised = model.quantizer.lookup(codes)
-    commit = F.mse_loss(latents, quantised.detach())
-    return latents + (quantised - latents).detach(), codes, commit
 
 
 def _param_groups(model: WavTokenizer, weight_decay: float) -> list[dict[str, Any]]:
@@ -498,17 +112,6 @@ def lr_factor(step: int, settings: CodecTrainSettings) -> float:
 # ============================================================================================
 
 
-@dataclass
-class EvalResult:
-    step: int
-    mel_distance: float
-    perplexity: float
-    codes_used: int
-    train_usage_perplexity: float
-    seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
-
-
 class CodecTrainer:
     """Owns the model, optimiser(s), data and output folder of one codec training run."""
 
@@ -521,21 +124,10 @@ class CodecTrainer:
         self.progress = progress
         state = None
         phase_switch = False
-        state_path = self.out_dir / STATE_FILE
         if resume:
-            if not state_path.is_file():
-                raise LLMVoXError(f"--resume: no training state at {state_path}")
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("version") != STATE_VERSION:
-                raise LLMVoXError(f"{state_path}: unsupported training state version {state.get('version')}")
-            config = CodecConfig.from_dict(state["codec_config"])
-            previous = CodecTrainSettings.from_dict(state["settings"])
-            settings = CodecTrainSettings.from_dict({**previous.to_dict(), **(overrides or {})})
-            phase_switch = settings.freeze_encoder and not previous.freeze_encoder
-            if phase_switch:
-                # A fresh warmup + cosine schedule for the remaining steps.
-                settings.schedule_start = int(state["step"])
-        elif state_path.is_file():
+            state = read_training_state(self.out_dir)
+            config, settings, phase_switch = resumed_run(state, overrides)
+        elif (self.out_dir / STATE_FILE).is_file():
             raise LLMVoXError(
                 f"{self.out_dir} already holds a training state ({STATE_FILE}); pass --resume to continue it "
                 "or choose another --out_dir"
@@ -544,7 +136,31 @@ class CodecTrainer:
         self.config, self.settings = config, settings
         torch.set_num_threads(settings.threads)
 
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)  # the model, the probe and the discriminators draw in this order
+        self._build_model_and_optimisers()
+        self._build_losses()
+        self._build_data(clips if clips is not None else load_clips(data_path), state)
+
+        self.step = 0
+        self.best_mel = math.inf
+        self.last_milestone_mel = math.inf
+        if state is None and init_weights is not None:
+            load_milestone_weights(self.model, self.config, Path(init_weights))
+            if settings.reinit_codebook:
+                self.codebook.mark_uninitialised()
+        elif state is None:
+            self.codebook.mark_uninitialised()
+            if settings.latent_init_std > 0:
+                self._scale_encoder_output(settings.latent_init_std)
+        else:
+            self._load_state(state)
+            if phase_switch:
+                self._freeze_codes()
+
+    # --- construction helpers --------------------------------------------------------------
+
+    def _build_model_and_optimisers(self) -> None:
+        config, settings = self.config, self.settings
         self.model = WavTokenizer(config).unfold_weight_norm_()
         self.last_reseeded = 0
         self.codebook = EmaCodebook(self.model.quantizer, settings.codebook_decay, settings.dead_code_fraction)
@@ -564,6 +180,15 @@ class CodecTrainer:
         if settings.adversarial:
             self._build_discriminators()
 
+    def _build_discriminators(self) -> None:
+        from llmvox.train.discriminators import CodecDiscriminators
+
+        self.disc = CodecDiscriminators()
+        self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=self.settings.disc_learning_rate,
+                                                betas=(0.8, 0.99))
+
+    def _build_losses(self) -> None:
+        config, settings = self.config, self.settings
         self.mel_loss = MultiResolutionMelLoss(config.sample_rate, floor=settings.log_floor)
         self.stft_loss = MultiResolutionSTFTLoss(floor=settings.log_floor)
         self.phase_loss = PhaseDerivativeLoss(config.n_fft, config.hop_length)
@@ -571,7 +196,9 @@ class CodecTrainer:
         self.mel_distance_audible = MelDistance(config.sample_rate, floor=TRAIN_LOG_FLOOR)
         self.cond = torch.tensor([0])
 
-        all_clips = clips if clips is not None else load_clips(data_path)
+    def _build_data(self, all_clips: list[Clip], state: dict[str, Any] | None) -> None:
+        """Training crops and the held-out eval clips (fixed by the first run: a resume keeps them)."""
+        config, settings = self.config, self.settings
         train, heldout = split_heldout(all_clips, settings.eval_clips, state["eval_ids"] if state else None)
         if not train:
             raise LLMVoXError("codec training: every clip is held out for evaluation; add data")
@@ -585,73 +212,6 @@ class CodecTrainer:
             if missing:
                 raise LLMVoXError(f"{settings.semantic_dir} lacks Whisper features for {len(missing)} training clips "
                                   f"(e.g. {missing[:3]}); run `llmvox codec semantic` on this dataset")
-
-        self.step = 0
-        self.best_mel = math.inf
-        self.last_milestone_mel = math.inf
-        if state is None and init_weights is not None:
-            self._load_weights(Path(init_weights))
-            if settings.reinit_codebook:
-                self.codebook.mark_uninitialised()
-        elif state is None:
-            self.codebook.mark_uninitialised()
-            if settings.latent_init_std > 0:
-                self._scale_encoder_output(settings.latent_init_std)
-        else:
-            self._load_state(state)
-            if phase_switch:
-                self._freeze_codes()
-
-    def _load_weights(self, folder: Path) -> None:
-        """Start from a milestone export (codec.safetensors + config.json): a committed milestone lets a
-        fresh machine continue where the optimiser state was lost."""
-        from safetensors.torch import load_file
-
-        config_file, weights = folder / "config.json", folder / "codec.safetensors"
-        if not config_file.is_file() or not weights.is_file():
-            raise LLMVoXError(f"--init_weights: {folder} needs config.json and codec.safetensors (a milestone export)")
-        saved = CodecConfig.from_dict(json.loads(config_file.read_text())["codec"])
-        if saved.to_dict() != self.config.to_dict():
-            raise LLMVoXError(f"--init_weights: {folder} was trained with other codec sizes than --config")
-        tensors = {k: v.float() for k, v in load_file(str(weights)).items()}
-        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise LLMVoXError(f"--init_weights: {folder} does not match the model "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-
-    def _freeze_codes(self) -> None:
-        """Start of phase B: export the encoder + codebook that tokenise the corpus from now on.
-
-        Code assignment is fragile: rounding the encoder to float16 changes ~15% of the codes of
-        this codec (measured), so milestones keep the encoder and codebook in float32 (see
-        `export_milestone`) and the checkpoint written at the end of phase A, the `phaseA_final`
-        export and every phase-B export all produce the same codes.
-        """
-        metrics = {"step": self.step}
-        for name in ("phaseA_final", "latest_phaseA"):
-            path = self.export_milestone(name, metrics, phase="A")
-        log.info("phase B: encoder and codebook frozen; tokenise with %s (codes fingerprint %s)",
-                 path.with_name("phaseA_final"), self.codes_fingerprint())
-
-    def codes_fingerprint(self) -> str:
-        """A short hash of the encoder + codebook: equal fingerprints mean equal codes."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            if name.startswith("encoder.") or name == "quantizer.embed":
-                digest.update(name.encode())
-                digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
-
-    # --- construction helpers --------------------------------------------------------------
-
-    def _build_discriminators(self) -> None:
-        from llmvox.train.discriminators import CodecDiscriminators
-
-        self.disc = CodecDiscriminators()
-        self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=self.settings.disc_learning_rate,
-                                                betas=(0.8, 0.99))
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)
@@ -672,6 +232,20 @@ class CodecTrainer:
         torch.set_rng_state(state["torch_rng"])
         self.codebook.center = state.get("codebook_center")
         self.codebook.anchor = state.get("codebook_anchor")
+
+    def _freeze_codes(self) -> None:
+        """Start of phase B: export the encoder + codebook that tokenise the corpus from now on.
+
+        Code assignment is fragile: rounding the encoder to float16 changes ~15% of the codes of
+        this codec (measured), so milestones keep the encoder and codebook in float32 (see
+        `export_milestone`) and the checkpoint written at the end of phase A, the `phaseA_final`
+        export and every phase-B export all produce the same codes.
+        """
+        metrics = {"step": self.step}
+        for name in ("phaseA_final", "latest_phaseA"):
+            path = self.export_milestone(name, metrics, phase="A")
+        log.info("phase B: encoder and codebook frozen; tokenise with %s (codes fingerprint %s)",
+                 path.with_name("phaseA_final"), self.codes_fingerprint())
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -704,47 +278,19 @@ class CodecTrainer:
 
     @torch.no_grad()
     def _scale_encoder_output(self, target: float) -> None:
-        """Rescale the encoder's last conv so latents vary over time with std `target`.
-
-        A fresh SEANet encoder emits latents whose frame-to-frame spread is ~1e-3, smaller than
-        one optimiser step moves them; every code assignment then collapses onto one codebook row.
-        Scaling the output (the gain `weight_g` and bias of the last conv) makes the spread large
-        compared with early parameter updates without changing the architecture.
-        """
-        last = self.model.encoder.model[-1].conv
+        """A fresh encoder's latents are too flat for a codebook: see `scale_encoder_output`."""
         audio = self.data.batch(0, self.settings.batch_size, stream=2)
-        latents = self.model.encoder(audio[:, None])
-        spread = float(latents.std(dim=2).mean())
-        if spread > 0:
-            factor = target / spread
-            last.weight_g.mul_(factor)
-            last.bias.mul_(factor)
-            log.info("encoder output scaled by %.1f (latent spread %.2e -> %.2f)", factor, spread, target)
+        scaled = scale_encoder_output(self.model, audio, target)
+        if scaled is not None:
+            log.info("encoder output scaled by %.1f (latent spread %.2e -> %.2f)", *scaled, target)
 
     @torch.no_grad()
     def _match_latent_scale(self, target: float) -> None:
-        """Bring the latents' spread back to `target` before quantisation starts, without changing the
-        decoder's output: the encoder's last conv is divided by f, the backbone's input conv (and the
-        semantic probe) multiplied by f, and their optimiser moments reset.
-
-        Unquantised (VQ warm-up) latents grow freely, ~10^4-fold in 1,000 steps (measured); at that
-        scale the first commitment losses are ~10^4 and the codebook collapses to 1-4 codes."""
+        """VQ warm-up latents are too wide for a codebook: see `match_latent_scale`."""
         audio = self.data.batch(self.step, self.settings.batch_size, stream=3)
-        spread = float(self.model.encoder(audio[:, None]).std(dim=2).mean())
-        if not (spread > 4 * target or 0 < spread < target / 4):
-            return
-        f = spread / target
-        last = self.model.encoder.model[-1].conv
-        changed = [last.weight_g, last.bias, self.model.backbone.embed.weight]
-        last.weight_g.div_(f)
-        last.bias.div_(f)
-        self.model.backbone.embed.weight.mul_(f)
-        if self.semantic_head is not None:
-            self.semantic_head.weight.mul_(f)
-            changed.append(self.semantic_head.weight)
-        for param in changed:
-            self.optimizer.state.pop(param, None)
-        log.info("latents rescaled by 1/%.1f before quantisation (spread %.3g -> %.3g)", f, spread, target)
+        rescaled = match_latent_scale(self.model, audio, target, self.optimizer, self.semantic_head)
+        if rescaled is not None:
+            log.info("latents rescaled by 1/%.1f before quantisation (spread %.3g -> %.3g)", *rescaled, target)
 
     @torch.no_grad()
     def _kmeans_init(self) -> None:
@@ -824,17 +370,9 @@ class CodecTrainer:
         return logs
 
     def semantic_loss(self, features: Tensor, crops: list[tuple[str, float]]) -> Tensor:
-        """Mean cosine distance between the probe's prediction from `features` (B, D, T) and the
-        Whisper features of the same crops, over frames inside their clips."""
-        frames = features.shape[-1]
+        """The semantic distillation loss of `features` (B, D, T) taken from `crops` (see `probe_distance`)."""
         rate = self.config.sample_rate / self.config.hop_length
-        target = torch.from_numpy(np.stack([self.semantic.window(clip_id, start, frames, rate)
-                                            for clip_id, start in crops]))
-        predicted = self.semantic_head(features).transpose(1, 2)
-        inside = target.abs().sum(dim=-1) > 0
-        if not bool(inside.any()):
-            return predicted.new_zeros(())
-        return (1 - F.cosine_similarity(predicted, target, dim=-1))[inside].mean()
+        return probe_distance(self.semantic_head, self.semantic, features, crops, rate)
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -854,37 +392,12 @@ class CodecTrainer:
         self.model.train(was_training)
         return float(s.mel_weight * self.mel_loss(audio_hat, audio) + s.stft_weight * self.stft_loss(audio_hat, audio))
 
-    @torch.no_grad()
     def evaluate(self) -> EvalResult:
         """Copy-synthesis of the held-out clips in inference mode (float32, like tokenisation)."""
-        start = time.time()
-        self.model.eval()
-        distances, audible, semantic, counts = [], [], [], torch.zeros(self.codebook.size)
-        for clip in self.eval_clips:
-            audio = torch.from_numpy(read_clip(clip, self.config.sample_rate, self.settings.eval_max_seconds))[None]
-            if self.codebook.initialised:
-                features, codes = self.model.encode_with_features(audio)
-                counts += torch.bincount(codes.reshape(-1), minlength=self.codebook.size).float()
-            else:
-                features = self.model.encoder(audio[:, None])
-            audio_hat = self.model.decode(features)[:, : audio.shape[1]]
-            distances.append(float(self.mel_distance(audio_hat, audio)))
-            audible.append(float(self.mel_distance_audible(audio_hat, audio)))
-            if self.semantic_head is not None:
-                semantic.append(float(self.semantic_loss(features, [(clip.id, 0.0)])))
-        self.model.train()
-        extra = {"mel_distance_audible": float(np.mean(audible)) if audible else float("nan")}
-        if semantic:
-            extra["semantic_distance"] = float(np.mean(semantic))
-        return EvalResult(
-            step=self.step,
-            mel_distance=float(np.mean(distances)) if distances else float("nan"),
-            perplexity=codebook_perplexity(counts),
-            codes_used=int((counts > 0).sum()),
-            train_usage_perplexity=self.codebook.usage_perplexity(),
-            seconds=time.time() - start,
-            extra=extra,
-        )
+        return evaluate_heldout(self.model, self.codebook, self.eval_clips, sample_rate=self.config.sample_rate,
+                                max_seconds=self.settings.eval_max_seconds, mel_distance=self.mel_distance,
+                                mel_distance_audible=self.mel_distance_audible, step=self.step,
+                                semantic_loss=self.semantic_loss if self.semantic_head is not None else None)
 
     # --- saving ------------------------------------------------------------------------------
 
@@ -909,70 +422,24 @@ class CodecTrainer:
 
     def save(self) -> None:
         """Full state (atomic) + the original-layout checkpoint and YAML for loading."""
-        from llmvox.codec.checkpoint import save_lightning_checkpoint
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(self.state_dict(), self.out_dir / STATE_FILE)
-        doc = full_yaml(self.config, self.settings, self.data_path)
-        _atomic_write_text(self.out_dir / CONFIG_FILE, _yaml_dump(doc))
-        tmp = self.out_dir / f".{CKPT_FILE}.{os.getpid()}.tmp"
-        save_lightning_checkpoint(self.model, tmp, doc)
-        os.replace(tmp, self.out_dir / CKPT_FILE)
+        write_checkpoints(self.out_dir, self.state_dict(), self.model, self.config, self.settings, self.data_path)
 
     def export_milestone(self, name: str, metrics: dict[str, Any], phase: str | None = None) -> Path:
-        """Inference-only copy + config.json, loadable as a codec bundle.
+        """Inference-only copy + config.json, loadable as a codec bundle (see `codec_checkpoints`)."""
+        return export_milestone(self.out_dir, name, self.model, self.config, self.settings, self.data_path,
+                                step=self.step, phase=phase or ("B" if self.settings.freeze_encoder else "A"),
+                                metrics=metrics)
 
-        Backbone and head are stored at `milestone_dtype`; encoder and codebook in float32.
-        """
-        from safetensors.torch import save_file
-
-        from llmvox.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
-        from llmvox.codec.checkpoint import codec_state_for_bundle
-
-        dtype = getattr(torch, self.settings.milestone_dtype)
-        folder = self.out_dir / MILESTONES / name
-        tmp = folder.with_name(f".{name}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        # Encoder and codebook stay float32: they decide the codes, and rounding them moves codes.
-        tensors = {k: (v.to(dtype) if v.is_floating_point() and not k.startswith(("encoder.", "quantizer."))
-                       else v).contiguous()
-                   for k, v in codec_state_for_bundle(self.model).items()}
-        save_file(tensors, str(tmp / "codec.safetensors"))
-        (tmp / "codec.safetensors").chmod(0o644)  # safetensors writes 0600
-        config = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "kind": "codec-only",
-            "sample_rate": self.config.sample_rate, "codec": self.config.to_dict(),
-            "storage_dtype": f"{self.settings.milestone_dtype} (backbone, head); float32 (encoder, codebook)",
-            "step": self.step,
-            "phase": phase or ("B" if self.settings.freeze_encoder else "A"),
-            "codes_fingerprint": self.codes_fingerprint(),
-            "metrics": metrics, "training": self.settings.to_dict(),
-        }
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _atomic_write_text(tmp / CONFIG_FILE, _yaml_dump(full_yaml(self.config, self.settings, self.data_path)))
-        if folder.exists():
-            import shutil
-
-            old = folder.with_name(f".{name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-        return folder
+    def codes_fingerprint(self) -> str:
+        """A short hash of the encoder + codebook: equal fingerprints mean equal codes."""
+        return codes_fingerprint(self.model)
 
     # --- the loop ------------------------------------------------------------------------------
-
-    def _append(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.out_dir / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     def _after_eval(self, result: EvalResult) -> None:
         record = asdict(result)
         record["phase"] = "B" if self.settings.freeze_encoder else "A"
-        self._append(EVAL_LOG, record)
+        append_jsonl(self.out_dir / EVAL_LOG, record)
         # Milestones follow the audible mel distance: the 1e-7-floor one is dominated by digital silence.
         score = result.extra["mel_distance_audible"]
         self.best_mel = min(self.best_mel, score)
@@ -1003,7 +470,7 @@ class CodecTrainer:
                     rate = (self.step - tic_step) / max(time.time() - tic, 1e-9)
                     record = {"step": self.step, **{k: round(v, 6) for k, v in logs.items()},
                               "steps_per_s": round(rate, 4), "time": round(time.time(), 1)}
-                    self._append(TRAIN_LOG, record)
+                    append_jsonl(self.out_dir / TRAIN_LOG, record)
                     bar.set_postfix(loss=f"{logs['loss']:.3f}", mel=f"{logs['mel']:.3f}",
                                     ppl=f"{logs.get('batch_perplexity', 0):.0f}")
                     if on_log:
@@ -1025,35 +492,3 @@ class CodecTrainer:
             bar.close()
         self.save()
 
-
-# ============================================================================================
-# Small helpers
-# ============================================================================================
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _yaml_dump(doc: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(copy.deepcopy(doc), sort_keys=False)
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL log (tolerates a truncated last line)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            with contextlib.suppress(json.JSONDecodeError):
-                yield json.loads(line)

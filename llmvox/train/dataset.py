@@ -102,64 +102,54 @@ def validate_entries(items: Any, *, base_dir: str | os.PathLike = ".",
     """Check every item of a loaded dataset list; returns (valid entries, problems), in order."""
     if not isinstance(items, list):
         raise LLMVoXError(f"dataset must be a JSON list of objects, got {type(items).__name__}")
-    base = Path(base_dir)
     entries: list[Entry] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            problems.append(Problem(index, None, NOT_AN_OBJECT, f"expected an object, got {type(item).__name__}"))
-            continue
-        ident = _id_of(item.get("id"))
-
-        def bad(kind: str, message: str, index: int = index, ident: str | None = ident) -> None:
-            problems.append(Problem(index, ident, kind, message))
-
-        if "id" not in item:
-            bad(MISSING_FIELD, "no 'id' field")
-            continue
-        if ident is None:
-            bad(WRONG_TYPE, f"'id' must be a non-empty string or an integer, got {item['id']!r}")
-            continue
-        if ident in seen:
-            bad(DUPLICATE_ID, f"id already used by entry #{seen[ident]}")
-            continue
-        seen[ident] = index
-        if "answer_text" not in item:
-            bad(MISSING_FIELD, "no 'answer_text' field")
-            continue
-        text = item["answer_text"]
-        if not isinstance(text, str):
-            bad(WRONG_TYPE, f"'answer_text' must be a string, got {type(text).__name__}")
-            continue
-        if not text.strip():
-            bad(EMPTY_TEXT, "'answer_text' is empty")
-            continue
-        folder, file = item.get("speech_folder"), item.get("speech_file")
-        wrong = [k for k, v in (("speech_folder", folder), ("speech_file", file))
-                 if v is not None and not isinstance(v, str)]
-        if wrong:
-            bad(WRONG_TYPE, f"'{wrong[0]}' must be a string, got {type(item[wrong[0]]).__name__}")
-            continue
-        file = file or f"{ident}.wav"
-        if speech_data_folder is not None:
-            path = Path(speech_data_folder) / file
-        elif folder is None:
-            bad(MISSING_FIELD, "no 'speech_folder' field (or pass the speech data folder)")
-            continue
-        else:
-            path = Path(folder) / file
-            if not path.is_absolute():
-                path = base / path
-        duration = None
-        if check_audio:
-            kind, message, duration = _check_audio(path)
-            if kind is not None:
-                bad(kind, message)
-                continue
-        entries.append(Entry(ident, text, path, folder if folder is not None else str(speech_data_folder),
-                             file, duration))
+        checked = _check_item(index, item, seen, Path(base_dir), speech_data_folder, check_audio)
+        (entries if isinstance(checked, Entry) else problems).append(checked)
     return entries, problems
+
+
+def _check_item(index: int, item: Any, seen: dict[str, int], base: Path,
+                speech_data_folder: str | os.PathLike | None, check_audio: bool) -> Entry | Problem:
+    """One dataset item -> its Entry, or the first Problem with it (`seen`: ids so far -> their index)."""
+    if not isinstance(item, dict):
+        return Problem(index, None, NOT_AN_OBJECT, f"expected an object, got {type(item).__name__}")
+    ident = _id_of(item.get("id"))
+    if "id" not in item:
+        return Problem(index, ident, MISSING_FIELD, "no 'id' field")
+    if ident is None:
+        return Problem(index, ident, WRONG_TYPE, f"'id' must be a non-empty string or an integer, got {item['id']!r}")
+    if ident in seen:
+        return Problem(index, ident, DUPLICATE_ID, f"id already used by entry #{seen[ident]}")
+    seen[ident] = index
+    if "answer_text" not in item:
+        return Problem(index, ident, MISSING_FIELD, "no 'answer_text' field")
+    text = item["answer_text"]
+    if not isinstance(text, str):
+        return Problem(index, ident, WRONG_TYPE, f"'answer_text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        return Problem(index, ident, EMPTY_TEXT, "'answer_text' is empty")
+    folder, file = item.get("speech_folder"), item.get("speech_file")
+    wrong = [k for k, v in (("speech_folder", folder), ("speech_file", file)) if v is not None and not isinstance(v, str)]
+    if wrong:
+        return Problem(index, ident, WRONG_TYPE, f"'{wrong[0]}' must be a string, got {type(item[wrong[0]]).__name__}")
+    file = file or f"{ident}.wav"
+    if speech_data_folder is not None:
+        path = Path(speech_data_folder) / file
+    elif folder is None:
+        return Problem(index, ident, MISSING_FIELD, "no 'speech_folder' field (or pass the speech data folder)")
+    else:
+        path = Path(folder) / file
+        if not path.is_absolute():
+            path = base / path
+    duration = None
+    if check_audio:
+        kind, message, duration = _check_audio(path)
+        if kind is not None:
+            return Problem(index, ident, kind, message)
+    return Entry(ident, text, path, folder if folder is not None else str(speech_data_folder), file, duration)
 
 
 def load_dataset_json(path: str | os.PathLike, on_error: Literal["skip", "fail"] = "skip", *,

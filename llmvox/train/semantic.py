@@ -20,8 +20,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from llmvox.errors import LLMVoXError
+from llmvox.train.codec_data import Clip, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +132,24 @@ class SemanticStore:
         return out
 
 
-def build_semantic_store(clips, folder: str | os.PathLike, *, model: str | None = None, threads: int = 1,
+def probe_distance(probe: nn.Module, store: SemanticStore, features: Tensor, crops: list[tuple[str, float]],
+                   rate: float) -> Tensor:
+    """Mean cosine distance between the probe's prediction from `features` (B, D, T) and the
+    Whisper features of the same crops ((clip id, start in seconds) at `rate` frames per second),
+    over frames inside their clips."""
+    frames = features.shape[-1]
+    target = torch.from_numpy(np.stack([store.window(clip_id, start, frames, rate) for clip_id, start in crops]))
+    predicted = probe(features).transpose(1, 2)
+    inside = target.abs().sum(dim=-1) > 0
+    if not bool(inside.any()):
+        return predicted.new_zeros(())
+    return (1 - F.cosine_similarity(predicted, target, dim=-1))[inside].mean()
+
+
+def build_semantic_store(clips: list[Clip], folder: str | os.PathLike, *, model: str | None = None, threads: int = 1,
                          progress: bool = True, flush_every: int = 200) -> Path:
     """Compute the features of every clip not yet in `folder` (resumable; appends to the memmap)."""
     from tqdm import tqdm
-
-    from llmvox.train.codec_trainer import read_clip
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from llmvox.codec.config import SAMPLE_RATE
 from llmvox.errors import LLMVoXError
-
-SAMPLE_RATE = 24_000
 
 TEACHERS = ("hibari", "piper")
 
