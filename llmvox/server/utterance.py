@@ -78,8 +78,9 @@ class Utterance:
         nothing speakable a 400 (codes text_too_long, nothing_to_say); the decoder starts meanwhile."""
         engine = self._engine()
         self.stream = stream = self._open(replace(engine.config, max_spoken_chars=limit))
-        await run_in_threadpool(stream.feed, text)
-        stream.end()
+        await run_in_threadpool(stream.feed_from([text]).join)
+        if isinstance(stream.error, LLMVoXError):
+            raise stream.error
         if stream.segments == 0:
             raise LLMVoXError("the text has nothing speakable", 400, code="nothing_to_say")
         return stream

@@ -26,21 +26,9 @@ def load_codec_source(wav_config_path: str | None, wav_model_path: str | None, b
     if bundle:
         if wav_config_path or wav_model_path:
             raise LLMVoXError("give either --bundle or --wav_config_path/--wav_model_path, not both")
-        from safetensors.torch import load_file
+        from llmvox.bundle import load_bundle_codec
 
-        from llmvox.bundle import read_bundle_config
-        from llmvox.codec.checkpoint import wavtokenizer_from_bundle
-
-        config = read_bundle_config(bundle)
-        weights = Path(bundle) / "codec.safetensors"
-        if "codec" not in config or not weights.is_file():
-            raise LLMVoXError(f"bundle {bundle} has no codec (config 'codec' section and codec.safetensors)")
-        try:
-            tensors = load_file(str(weights))
-        except Exception as exc:  # safetensors raises its own types for corrupt headers
-            raise LLMVoXError(f"{weights} is not a readable safetensors file: {exc}") from None
-        return wavtokenizer_from_bundle(config["codec"], {k: v.float() for k, v in tensors.items()}), \
-            f"bundle {bundle}"
+        return load_bundle_codec(bundle), f"bundle {bundle}"
     if wav_config_path or wav_model_path:
         if not (wav_config_path and wav_model_path):
             raise LLMVoXError("give both --wav_config_path and --wav_model_path")
