@@ -11,6 +11,7 @@
 #   voice/build.sh pack_codes the tokenised corpus -> voice/milestones/corpus_codes.tar.xz (4 MB: a fresh
 #                             machine trains the decoder at once, without synth + tokenize, ~30 min)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
+#   voice/build.sh milestone  the decoder's latest checkpoint -> voice/milestones/decoder (bf16, committed)
 #   voice/build.sh export     write the bundle into llmvox/voices/default (bf16)
 #   voice/build.sh eval       WER/CER on the held-out sentences, with teacher and codec references
 # Working state lives outside the repository in $VOICE_DIR (default /work/cache/voice).
@@ -32,7 +33,7 @@ if [ -f "$CODEC/config.yaml" ]; then
 else
   CODEC_ARGS=(--bundle "$CODEC_MILESTONE")
 fi
-stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|pack_codes|decoder|probe|export|eval}
+stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|pack_codes|decoder|probe|milestone|export|eval}
 shift || true
 case "$stage" in
   synth)
@@ -83,6 +84,15 @@ case "$stage" in
     exec $PY -m llmvox eval --sentences llmvox/voices/heldout_sentences.txt --limit "${LIMIT:-40}" \
       --bundle "$VOICE_DIR/probe/${PROBE_TAG:-}step_$step" --json "voice/probe/decoder_${PROBE_TAG:-}step_$step.json" \
       --wav_dir "$VOICE_DIR/probe/${PROBE_TAG:-}step_${step}_wavs" --threads "$THREADS" --no_progress "$@" ;;
+  milestone)
+    # the decoder's latest checkpoint as an inference milestone in the repository (bf16 decoder + config;
+    # the codec is voice/milestones/codec): a fresh machine continues with INIT=voice/milestones/decoder
+    tmp=$(mktemp -d)
+    $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "$CODEC_MILESTONE" --out "$tmp/bundle" \
+      --dtype bfloat16 "$@"
+    mkdir -p voice/milestones/decoder
+    cp "$tmp/bundle/config.json" "$tmp/bundle/decoder.safetensors" voice/milestones/decoder/
+    rm -rf "$tmp" ;;
   export)
     # the decoder's latest checkpoint + the committed (evaluated) codec milestone -> the shipped bundle
     exec $PY -m llmvox convert --llmvox_checkpoint_path "$DEC/ckpt.pt" --codec "$CODEC_MILESTONE" \
