@@ -109,3 +109,25 @@ def test_cropped_and_empty_utterances_are_not_scored():
         ctc.loss(np.array([0]), steps[:1])
     with pytest.raises(LLMVoXError, match="layers 0..1"):
         PhonemeCTC(gpt, 2, phonemes, np.ones(3, bool), vocab_size=20)
+
+
+def test_the_head_can_read_only_the_steps_after_the_text():
+    """With `first_steps` (each utterance's text length), the loss is the CTC of the states from that step
+    on: the text steps, where a phoneme-reading decoder sees the targets, are not read."""
+    torch.manual_seed(0)
+    gpt = GPT(CONFIG)
+    phonemes = [np.array([5, 6, 7]), np.array([8, 9])]
+    after = PhonemeCTC(gpt, 0, phonemes, np.array([True, True]), vocab_size=20, first_steps=np.array([4, 2]))
+    x, steps = _batch([12, 8], 12)
+    with after.recording():
+        gpt.transformer.h[0](x)
+    hidden = after._hidden
+    loss = float(after.loss(np.array([0, 1]), steps).detach())
+    alone = PhonemeCTC(gpt, 0, phonemes, np.array([True, True]), vocab_size=20)
+    alone.head.load_state_dict(after.head.state_dict())
+    expected = []
+    for row, (first, n) in enumerate([(4, 12), (2, 8)]):
+        alone._hidden = hidden[row:row + 1, first:n]  # the same states, read from the first step on
+        expected.append(float(alone.loss(np.array([row]), torch.tensor([n - first])).detach()))
+    # ctc_loss's "mean" divides each sequence by its target length, then averages the batch
+    assert loss == pytest.approx(sum(expected) / 2, rel=1e-4)

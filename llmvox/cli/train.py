@@ -65,6 +65,8 @@ _HELP: dict[str, str] = {
     "phoneme_ctc_weight": "> 0: a training-only CTC head must spell the teacher's phonemes (hibari g2p) from "
                           "the decoder's states: a pronunciation target (default 0 = off)",
     "phoneme_ctc_layer": "the layer whose output the phoneme CTC head reads (default: the middle one)",
+    "phoneme_ctc_after_text": "the CTC head reads only the steps after the text, so a decoder that reads "
+                              "phonemes cannot meet it by copying its input (default False)",
     "text_frontend": "how the decoder reads text: byt5 (bytes, as the original; default) or phonemes (misaki "
                      "phonemes from the hibari g2p, word by word); stored in the checkpoint and bundle",
     "bucket_window": "length bucketing: sort within windows of this many batches (default 64)",

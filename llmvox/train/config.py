@@ -76,6 +76,7 @@ class TrainConfig:
     guided_attn_sigma: float = 0.2
     phoneme_ctc_weight: float = 0.0  # > 0: a training-only CTC head must spell the teacher's phonemes
     phoneme_ctc_layer: int | None = None  # whose hidden states it reads (default: the middle layer)
+    phoneme_ctc_after_text: bool = False  # the head reads only the steps after the text (no copying)
     text_frontend: str = "byt5"  # how the decoder reads its text: byt5 (bytes, the original) or phonemes
     # evaluation, checkpoints, logs
     eval_interval: int = 500

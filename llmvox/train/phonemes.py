@@ -59,13 +59,16 @@ class PhonemeCTC:
     """
 
     def __init__(self, gpt: GPT, layer: int, phonemes: list[np.ndarray], complete: np.ndarray, *,
-                 vocab_size: int, weight: float = 1.0, seed: int = 0) -> None:
+                 vocab_size: int, weight: float = 1.0, seed: int = 0, first_steps: np.ndarray | None = None) -> None:
         if not 0 <= layer < gpt.config.n_layer:
             raise LLMVoXError(f"--phoneme_ctc_layer {layer}: the decoder has layers 0..{gpt.config.n_layer - 1}")
         self.gpt = gpt
         self.layer = layer
         self.phonemes = phonemes
         self.complete = np.asarray(complete, dtype=bool)
+        # per utterance, the first step the head reads (None: all). A decoder that reads phonemes could
+        # meet the target by copying its input at the text steps; starting after them, it cannot.
+        self.first_steps = None if first_steps is None else np.asarray(first_steps, dtype=np.int64)
         self.weight = weight
         # seeded apart from the process RNG: every DDP rank must start the head the same (it is not
         # inside the DDP module, so nothing broadcasts it)
@@ -103,9 +106,16 @@ class PhonemeCTC:
         if not keep:
             return hidden.sum() * 0.0
         index = torch.tensor(keep, device=hidden.device)
-        logp = F.log_softmax(self.head(hidden.index_select(0, index).float()), dim=-1).transpose(0, 1)
+        steps = num_steps[index].cpu()
+        states = hidden.index_select(0, index)
+        if self.first_steps is not None:  # each row's states from its first read step, left-aligned
+            first = torch.from_numpy(np.minimum(self.first_steps[rows[keep]], steps.numpy()))
+            states = nn.utils.rnn.pad_sequence([states[j, int(first[j]):int(steps[j])] for j in range(len(keep))],
+                                               batch_first=True)
+            steps = steps - first
+        logp = F.log_softmax(self.head(states.float()), dim=-1).transpose(0, 1)
         targets = [torch.from_numpy(self.phonemes[rows[k]]) for k in keep]
-        return F.ctc_loss(logp, torch.cat(targets).to(hidden.device), num_steps[index].cpu(),
+        return F.ctc_loss(logp, torch.cat(targets).to(hidden.device), steps,
                           torch.tensor([len(t) for t in targets]), blank=BLANK, zero_infinity=True)
 
 

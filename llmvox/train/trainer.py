@@ -261,8 +261,9 @@ class Trainer:
         phonemes, vocab = phoneme_table([cache.text(i) for i in range(len(cache))],
                                          store=self.out_dir / PHONEME_TABLE_FILE)
         complete = cache.code_lengths + 1 <= max_len
+        first = cache.text_lengths if cfg.phoneme_ctc_after_text else None
         ctc = PhonemeCTC(gpt, layer, phonemes, complete, vocab_size=vocab, weight=cfg.phoneme_ctc_weight,
-                         seed=cfg.seed)
+                         seed=cfg.seed, first_steps=first)
         ctc.head.to(self.env.device)
         opt = torch.optim.AdamW(ctc.head.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                 eps=ADAM_EPS, weight_decay=0.0)
@@ -270,7 +271,8 @@ class Trainer:
             ctc.head.load_state_dict(saved["head"])
             opt.load_state_dict(saved["optimizer"])
         counts = [len(p) for p in phonemes]
-        self._info(f"phoneme CTC on layer {layer} (weight {cfg.phoneme_ctc_weight}): {vocab} symbols, "
+        where = ", after the text" if cfg.phoneme_ctc_after_text else ""
+        self._info(f"phoneme CTC on layer {layer}{where} (weight {cfg.phoneme_ctc_weight}): {vocab} symbols, "
                    f"{np.mean(counts):.0f} phonemes per utterance, {int(complete.sum())}/{len(cache)} scored; "
                    f"g2p took {time.perf_counter() - start:.1f} s" + ("; head resumed" if saved else ""))
         return ctc, opt
