@@ -208,11 +208,10 @@ def test_chat_flags_fill_the_settings():
 
 
 # ---- the endpoints, through a real server ---------------------------------------------------------
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 
 
 @pytest.fixture(scope="module")
-def chat_server():
+def chat_server(parity_dir):
     """The real app (`create_app`, chat type voice) on a loopback port: its chat hook loads SmolLM2
     (llama.cpp) and Whisper base from the chat flags; the parity checkpoints speak."""
     pytest.importorskip("llama_cpp")
@@ -224,10 +223,8 @@ def chat_server():
     from llmvox.server.app import create_app
     from llmvox.server.settings import ServerSettings
 
-    if not (PARITY / "llmvox.pt").is_file():
-        pytest.skip("parity fixtures not found")
-    voice = LLMVoX.from_original(str(PARITY / "llmvox.pt"), str(PARITY / "byt5_g2p"),
-                                 str(PARITY / "wavtokenizer_small.yaml"), str(PARITY / "wavtokenizer.ckpt"))
+    voice = LLMVoX.from_original(str(parity_dir / "llmvox.pt"), str(parity_dir / "byt5_g2p"),
+                                 str(parity_dir / "wavtokenizer_small.yaml"), str(parity_dir / "wavtokenizer.ckpt"))
     options = {"llm_max_tokens": 24, "llm_temperature": 0.0, "asr_model": "small", "asr_threads": 2,
                "system_prompt": "You answer in one short sentence."}
     settings = ServerSettings(chat_type="voice", num_workers=1, threads=1, chat_options=options,
