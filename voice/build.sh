@@ -7,7 +7,9 @@
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec (WORKERS processes, default THREADS)
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
 #                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W weighs the
-#                             phoneme CTC target, default 1, CTC=0 turns it off; MAX_ITERS=N, default 7000)
+#                             phoneme CTC target, default 1, CTC=0 turns it off; CTC_AFTER=1 reads only the
+#                             steps after the text; FRONTEND=phonemes reads phonemes, not bytes; MAX_ITERS=N,
+#                             default 7000)
 #   voice/build.sh pack_codes the tokenised corpus -> voice/milestones/corpus_codes.tar.xz (4 MB: a fresh
 #                             machine trains the decoder at once, without synth + tokenize, ~30 min)
 #   voice/build.sh probe      WER of the decoder's latest checkpoint on the first 40 held-out sentences
@@ -73,7 +75,8 @@ case "$stage" in
       --batch_size=16 --learning_rate=1e-3 --min_lr=1e-4 --warmup_iters=300 --max_iters="${MAX_ITERS:-7000}" \
       --lr_decay_iters="${MAX_ITERS:-7000}" --dtype=bfloat16 --num_threads="$THREADS" --max_seq_len=1024 \
       --eval_interval=1000 ${GUIDED:+--guided_attn_heads="$GUIDED"} \
-      --phoneme_ctc_weight="${CTC:-1}" --text_frontend="${FRONTEND:-byt5}" "${init[@]}" "$@" ;;
+      --phoneme_ctc_weight="${CTC:-1}" ${CTC_AFTER:+--phoneme_ctc_after_text=True} --text_frontend="${FRONTEND:-byt5}" \
+      "${init[@]}" "$@" ;;
   probe)
     mkdir -p "$VOICE_DIR/probe" voice/probe
     cp "$DEC/ckpt.pt" "$VOICE_DIR/probe/ckpt.pt"  # a snapshot: training may write a new one meanwhile
