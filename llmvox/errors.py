@@ -38,7 +38,11 @@ class LLMVoXError(Exception):
 
     @property
     def code(self) -> str:
-        return self._code or STATUS_CODES.get(self.http_status, "error")
+        return self.code_for(STATUS_CODES)
+
+    def code_for(self, by_status: dict[int, str], default: str = "error") -> str:
+        """The code the error was raised with, else the one `by_status` gives its status (a route's own names)."""
+        return self._code or by_status.get(self.http_status, default)
 
     @property
     def type(self) -> str:

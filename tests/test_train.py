@@ -691,3 +691,6 @@ def test_a_phoneme_voice_trains_on_its_front_ends_ids_and_its_bundle_says_so(wor
     assert main([*common[:-4], "--text_frontend", "byt5", *codec_args(world), "--out_dir", str(out),
                  "--max_iters", "12", "--init_from", "resume"]) == 2
     assert "trained with the phonemes text front-end, not --text_frontend byt5" in capsys.readouterr().err
+    assert main([*common, "--out_dir", str(tmp_path / "bad"), "--max_iters", "1", "--phoneme_ctc_after_text",
+                 "True"]) == 2
+    assert "--phoneme_ctc_after_text needs the phoneme CTC target" in capsys.readouterr().err

@@ -55,6 +55,9 @@ from llmvox.server.utterance import DisconnectAwareStreamingResponse, Utterance,
 
 log = logging.getLogger("llmvox.server.chat")
 
+# the codes chat errors have carried since the first chat server (when the raise names none)
+CHAT_CODES = {400: "invalid_input", 409: "chat_type_unavailable", 413: "input_too_large", 422: "no_speech",
+              502: "llm_failed", 503: "asr_unavailable"}
 MAX_QUESTION_HEADER = 2000  # characters of the encoded question; the whole one is in the transcript
 
 
@@ -138,7 +141,7 @@ _PATHS = {"text": "textchat", "voice": "voicechat", "visual_speech": "vlmschat",
 def error_response(state: ChatState, endpoint: str, exc: LLMVoXError) -> JSONResponse:
     """A turn that could not start, answered as JSON (and counted)."""
     status = exc.http_status
-    code = exc._code or _code(status)
+    code = exc.code_for(CHAT_CODES, "chat_failed")
     state.server.metrics.errors.labels(endpoint, code).inc()
     return JSONResponse({"error": {**exc.body()["error"], "code": code}}, status_code=status, headers=exc.headers)
 
@@ -376,8 +379,3 @@ def mount(app, server_state) -> ChatState:
     log.info("chat routes: %s with LLM %s, ASR %s", args.chat_type, llm.name,
              getattr(state.asr, "model_dir", None) or "none")
     return state
-
-
-def _code(status: int) -> str:
-    return {400: "invalid_input", 409: "chat_type_unavailable", 413: "input_too_large", 422: "no_speech",
-            502: "llm_failed", 503: "asr_unavailable"}.get(status, "chat_failed")

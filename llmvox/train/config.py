@@ -153,6 +153,8 @@ def _check_auxiliary_losses(cfg: TrainConfig) -> None:
         raise LLMVoXError(f"--text_frontend must be one of {', '.join(FRONTENDS)} (got {cfg.text_frontend!r})")
     if cfg.phoneme_ctc_weight < 0:
         raise LLMVoXError("--phoneme_ctc_weight must be >= 0")
+    if cfg.phoneme_ctc_after_text and cfg.phoneme_ctc_weight <= 0:
+        raise LLMVoXError("--phoneme_ctc_after_text needs the phoneme CTC target (--phoneme_ctc_weight > 0)")
     if cfg.phoneme_ctc_weight > 0 and cfg.compile:
         raise LLMVoXError("--phoneme_ctc_weight does not work with --compile (its hook would be compiled away)")
 

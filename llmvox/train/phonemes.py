@@ -16,8 +16,6 @@ inference are unchanged.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 from llmvox.errors import LLMVoXError
 from llmvox.model.gpt import GPT
 from llmvox.train.batching import IGNORE_INDEX, Batch
+from llmvox.train.text_ids import stored_id_table
 
 BLANK = 0  # the g2p's own padding id (never a phoneme) is CTC's blank
 PHONEME_TABLE_FILE = "phonemes.npz"  # the g2p's output for a run's corpus, next to its checkpoint
@@ -125,34 +124,9 @@ def phoneme_table(texts: Sequence[str], store: Path | None = None) -> tuple[list
     The g2p costs ~1 ms a sentence (a minute for a 50 h corpus), paid at every trainer start, so with
     `store` the table is kept in that .npz, keyed by the texts and the g2p's version, and reused.
     """
-    key = _table_key(texts) if store is not None else ""
-    if store is not None and store.exists():
-        try:
-            with np.load(store) as saved:
-                if str(saved["key"]) == key:
-                    return np.split(saved["ids"], saved["offsets"][1:-1]), int(saved["vocab_size"])
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: computed again and rewritten below
-    g2p = G2P()
-    table = [g2p(t) for t in texts]
-    if store is not None:
-        offsets = np.cumsum([0, *(len(ids) for ids in table)])
-        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), ids=np.concatenate([np.zeros(0, np.int64), *table]), offsets=offsets,
-                     vocab_size=np.array(g2p.vocab_size))
-        os.replace(tmp, store)
-    return table, g2p.vocab_size
+    def build() -> tuple[list[np.ndarray], dict[str, int]]:
+        g2p = G2P()
+        return [g2p(t) for t in texts], {"vocab_size": g2p.vocab_size}
 
-
-def _table_key(texts: Sequence[str]) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        g2p_version = version("hibari-tts")
-    except PackageNotFoundError:
-        g2p_version = "unknown"
-    h = hashlib.sha256(g2p_version.encode())
-    for text in texts:
-        h.update(text.encode() + b"\0")
-    return h.hexdigest()
+    table, extras = stored_id_table(texts, "phoneme CTC targets", store, build)
+    return table, extras["vocab_size"]

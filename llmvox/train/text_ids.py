@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,33 +43,44 @@ class FrontendCache:
 
 
 def _read_all(texts: list[str], frontend: TextFrontend, store: Path | None) -> list[np.ndarray]:
-    key = _key(texts, frontend)
+    table, _ = stored_id_table(texts, frontend.config(), store,
+                               lambda: ([np.array(frontend.encode_words(t.split()), dtype=np.int64) for t in texts], {}))
+    return table
+
+
+def stored_id_table(texts: Sequence[str], tag: Any, store: Path | None,
+                    build: Callable[[], tuple[list[np.ndarray], dict[str, int]]]) -> tuple[list[np.ndarray], dict[str, int]]:
+    """An id array per text (and a few named integers) from `build()`, kept in the .npz `store` keyed by
+    the texts, `tag` (what reads them) and the g2p's version, and reused while they are the same.
+    Re-reading a 50 h corpus costs minutes at every trainer start; this makes it once per corpus."""
+    key = _key(texts, tag)
     if store is not None and store.exists():
         try:
             with np.load(store) as saved:
                 if str(saved["key"]) == key:
-                    return np.split(saved["ids"], saved["offsets"][1:-1])
+                    extras = {k.removeprefix("extra_"): int(saved[k]) for k in saved.files if k.startswith("extra_")}
+                    return np.split(saved["ids"], saved["offsets"][1:-1]), extras
         except (OSError, ValueError, KeyError):
-            pass  # unreadable: read again and rewritten below
-    table = [np.array(frontend.encode_words(t.split()), dtype=np.int64) for t in texts]
+            pass  # unreadable: built again and rewritten below
+    table, extras = build()
     if store is not None:
         offsets = np.cumsum([0, *(len(ids) for ids in table)])
         tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), ids=np.concatenate([np.zeros(0, np.int64), *table]), offsets=offsets)
+            np.savez(f, key=np.array(key), ids=np.concatenate([np.zeros(0, np.int64), *table]), offsets=offsets,
+                     **{f"extra_{k}": np.array(v) for k, v in extras.items()})
         os.replace(tmp, store)
-    return table
+    return table, extras
 
 
-def _key(texts: list[str], frontend: TextFrontend) -> str:
+def _key(texts: Sequence[str], tag: Any) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         g2p_version = version("hibari-tts")
     except PackageNotFoundError:
         g2p_version = "unknown"
-    h = hashlib.sha256(json.dumps([frontend.config(), g2p_version], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([tag, g2p_version], sort_keys=True).encode())
     for text in texts:
         h.update(text.encode() + b"\0")
     return h.hexdigest()
-
