@@ -1,6 +1,6 @@
 """`LLMVoX`: the Python entry point, shaped like models elsewhere in the ecosystem.
 
-    tts = LLMVoX.from_pretrained("path/to/bundle")      # or a hub id when online
+    tts = LLMVoX.from_pretrained("path/to/bundle")      # or a hub id: MBZUAI/LLMVoX
     audio, rate = tts.synthesize("Hello world.")
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from llmvox.engine.generate import Generation, generate
 from llmvox.errors import LLMVoXError
+from llmvox.model.aligner import Aligner
 from llmvox.model.speech_decoder import EOA_ID, SpeechDecoder
 from llmvox.model.voice import Voice
 from llmvox.text.frontend import frontend_from_config
@@ -74,27 +75,35 @@ class LLMVoX(Voice):
         return cls(_pair(gpt, table, codec, f"{path}/decoder.safetensors", f"{path}/codec.safetensors"), codec,
                    max_audio_length=int(gen.get("max_audio_length", 8000)), eoa_id=int(ids.get("eoa", EOA_ID)),
                    device=device, name=config.get("name", Path(path).name),
-                   frontend=frontend_from_config(config.get("text_frontend")))
+                   frontend=frontend_from_config(config.get("text_frontend")), source=path,
+                   aligner=Aligner.from_config(config.get("aligner"), gpt.config.n_layer, gpt.config.n_head))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | None = None,
-                        revision: str | None = None) -> LLMVoX:
-        """A local bundle folder, a hub id (downloaded where a network exists), or the embedded voice."""
-        if name_or_path is None:
-            return cls.from_bundle(default_voice_path(), device=device)
-        path = Path(name_or_path)
-        if path.exists():
-            return cls.from_bundle(path, device=device)
-        text = str(name_or_path)
-        if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-            try:
-                from huggingface_hub import snapshot_download
+                        revision: str | None = None, checkpoint: str | None = None, codec: str | None = None,
+                        g2p: str | None = None, codec_config: str | Path | None = None) -> LLMVoX:
+        """A local bundle folder, a hub id, or the embedded voice.
 
-                local = snapshot_download(repo_id=text, revision=revision)
-            except Exception as exc:
-                raise LLMVoXError(f"could not download {text} from the hub: {exc}") from None
-            return cls.from_bundle(local, device=device)
-        raise LLMVoXError(f"voice not found: {name_or_path} (give a bundle folder or a hub id owner/name)")
+        A hub id is a bundle repo, or a repo of the original files (`MBZUAI/LLMVoX`), converted once into
+        a cached bundle (llmvox/hub.py). `checkpoint` and `codec` rename its files (`FILE` or
+        `OWNER/NAME[@REV]:FILE`), `g2p` the T5 folder's repo (`OWNER/NAME[@REV]`), `codec_config` the
+        WavTokenizer YAML (default: the released one, carried by the package); `revision` pins a commit
+        or tag of the repo.
+        """
+        from llmvox.hub import Release, is_hub_id, resolve_pretrained
+
+        given = {k: v for k, v in (("checkpoint", checkpoint), ("codec", codec), ("g2p", g2p),
+                                   ("codec_config", codec_config)) if v is not None}
+        if name_or_path is None or Path(name_or_path).exists():
+            if given or revision is not None:
+                what = ", ".join([*given, *(["revision"] if revision is not None else [])])
+                raise LLMVoXError(f"{what} name files of a hub repo; give a hub id (OWNER/NAME), not a folder")
+            return cls.from_bundle(default_voice_path() if name_or_path is None else name_or_path, device=device)
+        text = str(name_or_path)
+        if not is_hub_id(text):
+            raise LLMVoXError(f"voice not found: {name_or_path} (give a bundle folder or a hub id owner/name)")
+        release = Release(**{k: (Path(v) if k == "codec_config" else v) for k, v in given.items()}) if given else None
+        return cls.from_bundle(resolve_pretrained(text, revision, _convert_original, release), device=device)
 
     def save_pretrained(self, path: str | Path, *, dtype: torch.dtype = torch.float32,
                         extra_config: dict | None = None) -> Path:
@@ -103,6 +112,8 @@ class LLMVoX(Voice):
         extra = {"generation": {"max_audio_length": self.max_audio_length}, "name": self.name}
         if self.frontend.kind != "byt5":
             extra["text_frontend"] = self.frontend.config()
+        if self.aligner is not None:
+            extra["aligner"] = self.aligner.to_config()
         extra.update(extra_config or {})
         return save_bundle(path, self.decoder.gpt, self.decoder.text_embedding.weight, self.codec,
                            dtype=dtype, extra_config=extra)
@@ -139,6 +150,11 @@ class LLMVoX(Voice):
         from llmvox.engine.engine import stream_speech
 
         yield from stream_speech(self, text_deltas, **options)
+
+
+def _convert_original(checkpoint: Path, g2p: Path, codec_config: Path, codec: Path, out: Path) -> None:
+    """What `llmvox convert` does: the original files -> a bundle folder (float32, as released)."""
+    LLMVoX.from_original(str(checkpoint), str(g2p), str(codec_config), str(codec)).save_pretrained(out)
 
 
 def _pair(gpt, table: torch.Tensor, codec: Any, decoder_source: str, codec_source: str) -> SpeechDecoder:

@@ -64,11 +64,14 @@ def add_chat_args(parser) -> None:
 
 def settings_from_args(args) -> ChatSettings:
     """ChatSettings from parsed flags (missing ones take their defaults)."""
+    from llmvox.llm.select import sampling_defaults
+
     get = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
     defaults = ChatSettings()
+    sampling = sampling_defaults(args)
     return ChatSettings(
-        system_prompt=get("system_prompt", defaults.system_prompt), max_tokens=get("llm_max_tokens", 1000),
-        temperature=get("llm_temperature", 0.7), top_p=get("llm_top_p", 0.95), top_k=get("llm_top_k", 40),
+        system_prompt=sampling["system_prompt"] or None, max_tokens=get("llm_max_tokens", 1000),
+        temperature=sampling["llm_temperature"], top_p=sampling["llm_top_p"], top_k=sampling["llm_top_k"],
         eos_token=get("eos_token", defaults.eos_token), asr_language=get("asr_default_language", "english"),
         asr_translate=bool(get("asr_enable_translation", False)),
         max_text_chars=int(get("max_text_chars", defaults.max_text_chars)),
@@ -102,6 +105,6 @@ def asr_from_args(args):
         model = None
     device = (getattr(args, "asr_device", None) or "cpu").split(":", 1)[0]
     threads = getattr(args, "asr_threads", None) or max(1, (os.cpu_count() or 2) // 2)
-    return WhisperASR(model, device=device, threads=threads, beam_size=1,
+    return WhisperASR(model, device=device, threads=threads, beam_size=1, short_window=True,
                       language=getattr(args, "asr_default_language", None) or "english",
                       translate=bool(getattr(args, "asr_enable_translation", False)))

@@ -9,49 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from llmvox.hub import RELEASED_CODEC_CONFIG
+
 # ============================================================================================
 # codec
 # ============================================================================================
 
-# The model part of the released WavTokenizer config
-# (wavtokenizer_smalldata_frame75_3s_nq1_code4096_dim512_kmeans200_attn.yaml), written from its
-# documented sizes: 75 frames/s, one 4096-entry codebook, a 12-layer 768-wide Vocos backbone.
-FULL_SIZE_CODEC_YAML = """\
-model:
-  class_path: decoder.experiment.WavTokenizer
-  init_args:
-    sample_rate: 24000
-    initial_learning_rate: 2e-4
-    mel_loss_coeff: 45
-    mrd_loss_coeff: 1.0
-    num_warmup_steps: 0
-    pretrain_mel_steps: 0
-    feature_extractor:
-      class_path: decoder.feature_extractors.EncodecFeatures
-      init_args:
-        encodec_model: encodec_24khz
-        bandwidths: [6.6, 6.6, 6.6, 6.6]
-        train_codebooks: true
-        num_quantizers: 1
-        dowmsamples: [8, 5, 4, 2]
-        vq_bins: 4096
-        vq_kmeans: 200
-    backbone:
-      class_path: decoder.models.VocosBackbone
-      init_args:
-        input_channels: 512
-        dim: 768
-        intermediate_dim: 2304
-        num_layers: 12
-        adanorm_num_embeddings: 4
-    head:
-      class_path: decoder.heads.ISTFTHead
-      init_args:
-        dim: 768
-        n_fft: 1280
-        hop_length: 320
-        padding: same
-"""
+# The model part of the released WavTokenizer config, as the package carries it (the hub loader reads
+# the same file): 75 frames/s, one 4096-entry codebook, a 12-layer 768-wide Vocos backbone.
+FULL_SIZE_CODEC_YAML = RELEASED_CODEC_CONFIG.read_text()
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,53 @@ def test_voice_chat_bench_one_turn(tmp_path, parity_dir):
     assert words(turn["heard"]) == words(turn["question"])
     assert turn["ttfa_s"] > turn["asr_s"]
     assert "| voice chat | 1 | 1 |" in table
+
+
+@pytest.mark.slow
+def test_stream_bench_ab_reports_gaps_stalls_and_audio_under_load(tmp_path, parity_dir):
+    """`llmvox bench stream --chunk_policy adaptive,fixed`: one server per policy, both measured at every
+    level; per stream gaps and stalled seconds, their p50/p95/max, what the decoders delivered, and how
+    far each stream's audio is from the same request served alone (the fixed schedule: identical)."""
+    out = tmp_path / "stream.json"
+    cmd = [sys.executable, "-m", "llmvox", "bench", "stream", "--concurrency", "1,2", "--sentences", "2",
+           "--codes_per_sentence", "30", "--threads", "1", "--chunk_policy", "adaptive,fixed",
+           *parity_voice_flags(parity_dir), "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["chunk_policies"] == ["adaptive", "fixed"]
+    assert result["levels"] == result["by_policy"]["adaptive"]  # the old field: the first policy's levels
+    for policy, levels in result["by_policy"].items():
+        assert [lv["streams"] for lv in levels] == [1, 2]
+        for lv in levels:
+            n = lv["streams"]
+            # each sentence: 30 forced codes, or one per text id when it has more
+            assert lv["chunk_policy"] == policy and lv["audio_seconds_per_stream"] >= 60 / 75
+            per = lv["per_stream"]
+            assert len(per) == n
+            gaps, stalls = sorted(p["gaps"] for p in per), sorted(p["stall_seconds"] for p in per)
+            assert (lv["gaps_p50"], lv["gaps_max"], lv["gaps_total"]) == (gaps[n // 2], gaps[-1], sum(gaps))
+            assert lv["stall_seconds_max"] == stalls[-1] and lv["stall_seconds_p50"] == stalls[n // 2]
+            assert lv["stall_seconds_p50"] <= lv["stall_seconds_p95"] <= lv["stall_seconds_max"]
+            assert lv["streams_with_gaps"] == sum(g > 0 for g in gaps)
+            assert all((p["gaps"] == 0) == (p["stall_seconds"] == 0) for p in per)
+            assert lv["codes_per_s_needed"] == 75 * n and lv["codes_per_s_delivered"] > 0
+            assert lv["decoder_codes_per_s"] > 0 and lv["decoder_steps_per_s_per_worker"] > 0
+        solo, loaded = levels
+        assert solo["identical_to_solo"] == 1  # the reference is the first level's stream
+    fixed_loaded = result["by_policy"]["fixed"][1]
+    assert fixed_loaded["identical_to_solo"] == 2 and fixed_loaded["snr_vs_solo_db_min"] is None
+    adaptive_loaded = result["by_policy"]["adaptive"][1]
+    differ = adaptive_loaded["snr_vs_solo_db_min"]
+    assert adaptive_loaded["identical_to_solo"] == 2 or differ > 5  # other joins, the same codes
+    assert "| 2 | adaptive |" in done.stdout and "| 2 | fixed |" in done.stdout
+
+
+def test_stream_bench_checks_its_chunk_policies_first(tmp_path):
+    for policies, message in [("adaptive,bogus", "--chunk_policy takes fixed or adaptive"),
+                              ("adaptive,fixed", "--url measures the running server's own chunk policy")]:
+        done = subprocess.run([sys.executable, "-m", "llmvox", "bench", "stream", "--url", "http://127.0.0.1:9",
+                               "--chunk_policy", policies, "--json", str(tmp_path / "x.json")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "x.json").exists()

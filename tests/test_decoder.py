@@ -191,3 +191,25 @@ def test_generation_stops_at_eoa(parity_decoder, monkeypatch):
 def test_generation_respects_block_size(parity_decoder):
     gen = generate(parity_decoder, ["Hello."], max_tokens=None)
     assert len(gen.text_ids) == parity_decoder.config.block_size  # no EOA from random weights: capped
+
+
+def test_decoder_bench_reports_rates_ceilings_and_profile():
+    """`llmvox bench decoder`'s figures on a tiny model: every rate beside its ceiling, a step profile."""
+    from llmvox.bench.decoder import run_decoder_bench
+
+    tiny = GPTConfig(n_layer=2, n_head=2, n_embd=320, block_size=256, vocab_size=4096)
+    result = run_decoder_bench(steps=10, batches=(1, 4, 16), config=tiny, log=lambda _: None)
+    for name in ("fp32", "bf16"):
+        figures = result[name]
+        assert figures["batch1_tokens_per_s"] > 0 and figures["ceiling_tokens_per_s"] > 0
+        for b in (4, 16):
+            assert figures[f"batch{b}_ceiling_tokens_per_s"] > 0
+            assert figures[f"batch{b}_fraction_of_ceiling"] == pytest.approx(
+                figures[f"batch{b}_tokens_per_s"] / figures[f"batch{b}_ceiling_tokens_per_s"])
+        for b in ("batch1", "batch16"):
+            profile = figures["profile_ms_per_step"][b]
+            assert profile["wall"] > 0 and profile["weights"] > 0 and profile["attention"] > 0
+            assert sum(v for k, v in profile.items() if k != "wall") == pytest.approx(profile["wall"], rel=0.5)
+    assert result["batch16_precision"] in ("fp32", "bf16")
+    assert result["batch16_fraction_of_ceiling"] == result[result["batch16_precision"]]["batch16_fraction_of_ceiling"]
+    assert result["speedup_vs_original_loop"] > 0

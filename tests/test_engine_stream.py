@@ -338,3 +338,150 @@ def test_a_stream_bounds_its_text_once_spelled_out(engine):
     fine.feed("Call 12345678 now.")
     fine.end()
     assert fine.spoken_chars <= 200 and list(fine.chunks(timeout=60))
+
+
+# ---------------------------------------------------------------------------------------------
+# the adaptive chunk policy
+
+
+def simulate_playout(rate: float, policy: str, n_codes: int = 150, codec_fixed: float = 0.004,
+                     codec_per_frame: float = 0.00015) -> dict:
+    """One 150-code sentence through the chunk policy on a simulated clock: the decoder makes a code
+    every 1/rate s, a codec (one queue) takes `codec_fixed + codec_per_frame * window` per chunk, and the
+    listener's `PlayoutClock` (in frames, 75 a second) counts the gaps. The policy, its estimators and
+    the clock are the engine's own; only time is simulated."""
+    from llmvox.engine.chunk_policy import ChunkPolicy
+    from llmvox.engine.playout import PlayoutClock
+
+    cfg = StreamConfig(chunk_policy=policy)
+    pol = ChunkPolicy(cfg, 75.0, [(None, None)])
+    clock = PlayoutClock(75.0)
+    state = {"planned": 0, "emitted": 0, "codec_free": 0.0, "dump": cfg.initial_dump_size_1}
+    ready: list[tuple[float, int]] = []  # (delivery time, frames), in order
+    sizes: list[int] = []
+
+    def cut(now: float, end: int, final: bool) -> None:
+        emit_end = end if final else max(state["emitted"], end - cfg.lookahead_frames)
+        window = pol.window(end - state["planned"], first=not sizes)
+        start = max(now, state["codec_free"])
+        took = codec_fixed + codec_per_frame * window
+        state["codec_free"] = start + took
+        pol.codec_done(0, window, start - now, took)
+        ready.append((state["codec_free"], emit_end - state["emitted"]))
+        sizes.append(end - state["planned"])
+        state["planned"], state["emitted"] = end, emit_end
+
+    t = 0.02  # prefill
+    for i in range(1, n_codes + 1):
+        t += 1 / rate
+        while ready and ready[0][0] <= t:
+            clock.heard(ready[0][1], ready.pop(0)[0])
+        if i == n_codes:
+            cut(t, i, True)
+        elif policy == "fixed":
+            while i - state["planned"] >= state["dump"]:
+                cut(t, state["planned"] + state["dump"], False)
+                state["dump"] = min(3 * state["dump"], cfg.max_dump_size)
+        elif pol.on_codes(0, 0, 1, t, pending=i - state["planned"], first=not sizes,
+                          dry_at=clock.due(state["emitted"]) if clock.started else None,
+                          last_size=sizes[-1] if sizes else 0, starved=False):
+            cut(t, i, False)
+    for when, frames in ready:
+        clock.heard(frames, when)
+    return {"first_audio": clock.first, "gaps": clock.gaps, "stall": clock.stall, "sizes": sizes}
+
+
+def test_adaptive_policy_keeps_a_slow_decoder_gap_free():
+    """100 codes/s (a loaded CPU, a full batch): the original schedule's 30-code second chunk cannot be
+    made while the first 6 frames play, so it gaps; the adaptive plan cuts the next chunks small, just
+    before the buffer runs dry, and grows them with the buffer: the listener hears no gap, and the first
+    word comes as early as with the fixed schedule."""
+    fixed = simulate_playout(100, "fixed")
+    assert fixed["gaps"] >= 1 and fixed["stall"] > 0.3  # the hole after the first word
+    adaptive = simulate_playout(100, "adaptive")
+    assert adaptive["gaps"] == 0 and adaptive["stall"] == 0
+    assert adaptive["sizes"][0] == fixed["sizes"][0] == 10
+    assert adaptive["first_audio"] == pytest.approx(fixed["first_audio"])
+    assert adaptive["sizes"][1] < 10 and adaptive["sizes"][-2] > 5 * adaptive["sizes"][1]  # they grow
+    assert sum(adaptive["sizes"]) == 150
+
+
+def test_adaptive_policy_keeps_the_first_chunk_small_when_fast():
+    fast = simulate_playout(300, "adaptive")
+    assert fast["sizes"][0] == StreamConfig().initial_dump_size_1
+    assert fast["first_audio"] == pytest.approx(simulate_playout(300, "fixed")["first_audio"])
+    assert fast["gaps"] == 0 and len(fast["sizes"]) <= 6
+
+
+def test_adaptive_policy_below_real_time_gives_few_gaps_and_less_stall():
+    """60 codes/s cannot be gap-free without a pre-buffer as long as the deficit; the chunks then grow
+    1.5x each, so the listener hears a few gaps, and waits less in all than with the fixed schedule."""
+    fixed, adaptive = simulate_playout(60, "fixed"), simulate_playout(60, "adaptive")
+    assert 1 <= adaptive["gaps"] <= 4
+    assert adaptive["stall"] < fixed["stall"]
+    sizes = adaptive["sizes"][:-1]
+    assert all(b >= a for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def test_adaptive_stream_speaks_the_same_codes_with_other_joins(engine, record_property):
+    """On the real engine: the same codes as the fixed schedule, the audio cut elsewhere (the context
+    join cross-fades other samples), and the stream's own playout accounting in its timings."""
+    text = "Hello world, this is a test. Another sentence follows it! And a third one?"
+    cfg = StreamConfig(max_audio_length=100)
+    fixed, fixed_chunks = run_stream(engine, [text], cfg)
+    stream, chunks = run_stream(engine, [text], replace_cfg(cfg, chunk_policy="adaptive"))
+    assert stream.codes == fixed.codes
+    a = np.concatenate([c.samples for c in fixed_chunks])
+    b = np.concatenate([c.samples for c in chunks])
+    assert len(a) == len(b) == len(stream.codes) * 320
+    snr = snr_db(b, a)
+    record_property("snr_adaptive_vs_fixed_db", round(snr, 2))
+    print(f"adaptive vs fixed schedule, same codes: SNR {snr:.1f} dB; chunks "
+          f"{[len(c.samples) // 320 for c in chunks]} vs {[len(c.samples) // 320 for c in fixed_chunks]}")
+    assert snr > 12  # the context join itself is ~11 dB from a one-shot decode on this codec
+    first = len(chunks[0].samples) // 320
+    assert first == 10 - 4  # initial_dump_size_1 codes, less the look-ahead, as the fixed schedule
+    timings = stream.timings()
+    assert timings["playback_gaps"] == stream.playout.gaps >= 0
+    assert timings["stall_seconds"] == stream.playout.stall >= 0
+    assert stream.playout.received == len(b)
+
+
+def test_codec_worker_batches_equal_windows_of_queued_decodes(small_codec):
+    """Batchable windows of one model and length that wait together share one codec call; their audio is
+    each window's own decode (to float rounding); other lengths and non-batchable ones run alone."""
+    import threading as th
+
+    from llmvox.engine.codec_worker import CodecWorker, Decode
+
+    worker = CodecWorker(name="codec-test")
+    gate, results, lock = th.Event(), {}, th.Lock()
+
+    def record(name):
+        def done(audio, error, waited, took):
+            with lock:
+                results[name] = (audio, error)
+        return done
+
+    try:
+        worker.submit(lambda: gate.wait(10), deadline=0.0)  # holds the thread while the rest queue up
+        rng = np.random.default_rng(0)
+        windows = {f"w{i}": rng.integers(0, small_codec.codebook_size, 12).tolist() for i in range(4)}
+        windows["long"] = rng.integers(0, small_codec.codebook_size, 20).tolist()
+        windows["alone"] = rng.integers(0, small_codec.codebook_size, 12).tolist()
+        for i, (name, codes) in enumerate(windows.items()):
+            worker.submit(Decode(small_codec, codes, record(name), batchable=name != "alone"), deadline=1.0 + i)
+        gate.set()
+        deadline = time.time() + 30
+        while len(results) < len(windows) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.close()
+    assert worker.batched_decodes == 4  # w0..w3 in one call; "long" and "alone" each on their own
+    assert worker.decodes == 1 + len(windows)
+    with torch.inference_mode():
+        for name, codes in windows.items():
+            audio, error = results[name]
+            assert error is None
+            solo = small_codec.decode_codes(torch.tensor([codes]))[0].numpy()
+            assert audio.shape == solo.shape and np.abs(audio - solo).max() < 1e-4

@@ -323,6 +323,7 @@ def test_voice_turn_from_the_microphone(browser, ui_server, question_wav, shots)
     ui = Page(browser, ui_server.url + "/#voice")
     page = ui.page
     assert ui.stats()["mode"] == "voice"
+    page.evaluate("document.getElementById('live-voice').checked = false")  # the page's own VAD + /voicechat
     page.check("#handsfree")
     ui.wait("s.state === 'recording'", 15_000)  # speech detected
     turn = ui.wait_turn_played(0, 60_000)
@@ -578,6 +579,7 @@ def test_readme_screenshot(browser, voice, shots):  # noqa: F811
     try:
         ui = Page(browser, live.url + "/#voice")
         page = ui.page
+        page.evaluate("document.getElementById('live-voice').checked = false")  # stats.turns: /voicechat
         page.check("#handsfree")
         turn = ui.wait_turn_played(0, 90_000)
         page.uncheck("#handsfree")
@@ -625,3 +627,167 @@ def test_run_ui_entry_point_serves_the_page_and_reports_a_dead_server(tmp_path):
         process.wait(10)
         log.close()
     assert f"open {url}/" in (tmp_path / "run_ui.log").read_text()
+
+
+# ---- hands-free over WS /v1/realtime (llmvox/server/static/realtime.js) ----------------------------------
+LIVE_KEY = "ui-live-key"
+BARGE_PAUSE = 10.0  # s of silence after the question in the barge-in test's microphone
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    """chat type voice with the embedded voice, SmolLM2 and Whisper, behind an API key (the page's socket
+    carries it as ?api_key=, since a browser WebSocket cannot send headers)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("faster_whisper")
+    from llmvox.api import LLMVoX
+
+    options = {"llm_max_tokens": 24, "llm_temperature": 0.0, "asr_threads": 2,
+               "system_prompt": "You answer in one short sentence."}
+    settings = ServerSettings(chat_type="voice", api_key=LIVE_KEY, threads=1, num_workers=1, chat_options=options,
+                              idle_timeout=60)
+    app = create_app(settings, tts=LLMVoX.from_pretrained())
+    live = LiveServer(app)
+    live.state = app.state.llmvox
+    live.chat = live.state.extras["chat"]
+    yield live
+    live.stop()
+    live.chat.llm.close()
+
+
+@pytest.fixture(scope="module")
+def pausing_browser(playwright, question_wav, tmp_path_factory):
+    """Chromium whose microphone asks the question, then stays silent for BARGE_PAUSE s before asking again:
+    the answer to the first question is playing when the second one starts, however slow this machine is."""
+    import soundfile as sf
+
+    wav, _ = question_wav
+    audio, rate = sf.read(wav, dtype="float32")
+    path = tmp_path_factory.mktemp("ui_mic_pause") / "question_pause.wav"
+    sf.write(path, np.concatenate([audio, np.zeros(int(BARGE_PAUSE * rate), np.float32)]), rate, subtype="PCM_16")
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("ui_chromium_profile_pause")), executable_path=CHROMIUM, headless=True,
+        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"], viewport={"width": 1000, "height": 1000})
+    context.set_default_timeout(30_000)
+    yield context
+    context.close()
+
+
+def live_page(browser, server, *, barge_in: bool, prompt: str | None = None) -> Page:
+    """The Voice tab with the key entered in Settings and hands-free switched on (the live conversation);
+    `prompt`: the page's own system prompt (sent as the session's instructions)."""
+    ui = Page(browser, server.url + "/#voice")
+    page = ui.page
+    page.wait_for_selector("#error:not([hidden])")  # the page asks for the key
+    page.fill("#api-key", LIVE_KEY)
+    page.press("#api-key", "Tab")
+    page.wait_for_selector("#error", state="hidden")
+    if barge_in:
+        page.check("#barge-voice")
+    if prompt is not None:
+        page.uncheck("#prompt-default")
+        page.fill("#system-prompt", prompt)
+    page.check("#handsfree")
+    ui.wait("s.live.state === 'listening'", 15_000)
+    return ui
+
+
+def live_turn(ui: Page, condition: str, timeout: float) -> dict:
+    """The first answer of the live conversation for which `condition` (about `t`) holds."""
+    ui.wait(f"s.live.turns.some((t) => {condition})", timeout)
+    return ui.page.evaluate(f"window.__llmvoxStats.live.turns.find((t) => {condition})")
+
+
+def assert_live_played(turn: dict) -> None:
+    """Every pcm16 sample of the answer the page received was scheduled, the buffers back to back."""
+    assert turn["buffers"] >= 1 and turn["bytes"] > 0
+    assert turn["seconds"] == pytest.approx(turn["bytes"] / 2 / SAMPLE_RATE, abs=1e-6)
+    schedule = turn["schedule"]
+    joins = [start - (prev + length) for (prev, length), (start, _) in zip(schedule, schedule[1:], strict=False)]
+    assert len(schedule) == turn["buffers"] and sum(j > 1e-9 for j in joins) == turn["gaps"]
+    assert all(j == pytest.approx(0, abs=1e-9) or j > 0 for j in joins)
+
+
+def live_transcript(server, turn: dict) -> dict:
+    turn_id = turn["metadata"]["llmvox_turn_id"]
+    return httpx.get(f"{server.url}/v1/transcripts/{turn_id}", params={"wait": 10}, timeout=15,
+                     headers={"Authorization": f"Bearer {LIVE_KEY}"}).json()
+
+
+def test_live_resampler_and_pcm16_in_the_browser(browser, live_server):
+    """realtime.js's parts in Chromium: 48 kHz frames -> 16 kHz keeps a 440 Hz tone and drops a 12 kHz one
+    (frame boundaries leave no trace), pcm16 base64 round-trips, and the played time of a schedule."""
+    ui = Page(browser, live_server.url + "/")
+    result = ui.page.evaluate("""async () => {
+        const rt = await import('./ui/realtime.js');
+        const r = new rt.StreamResampler(48000, 16000);
+        const x = new Float32Array(48000);
+        for (let i = 0; i < x.length; i++) {
+            x[i] = 0.5 * Math.sin(2 * Math.PI * 440 * i / 48000) + 0.3 * Math.sin(2 * Math.PI * 12000 * i / 48000);
+        }
+        const out = [];
+        for (let i = 0; i < x.length; i += 960) out.push(...r.push(x.subarray(i, i + 960)));
+        let err = 0;
+        for (let j = 200; j < out.length - 200; j++) err += (out[j] - 0.5 * Math.sin(2 * Math.PI * 440 * j / 16000)) ** 2;
+        const back = Array.from(rt.pcm16Floats(rt.pcm16Base64(new Float32Array([0, 0.5, -0.5, 1, -1]))));
+        return { n: out.length, rms: Math.sqrt(err / (out.length - 400)), back,
+                 played: rt.playedSeconds([[1, 0.2], [1.2, 0.2], [2, 0.2]], 1.3) };
+    }""")
+    assert abs(result["n"] - 16000) <= 20 and result["rms"] < 0.005
+    assert result["back"] == pytest.approx([0, 0.5, -0.5, 1, -1], abs=1 / 32768)  # one pcm16 step
+    assert result["played"] == pytest.approx(0.3)
+    ui.close()
+
+
+def test_live_conversation_answers_a_spoken_question(browser, live_server, shots):
+    """Hands-free on the Voice tab: the fake microphone streams over WS /v1/realtime, the server's VAD ends
+    the turn, Whisper's transcript and the answer's words appear, its audio deltas are played."""
+    ui = live_page(browser, live_server, barge_in=False)
+    page = ui.page
+    turn = live_turn(ui, "t.status === 'done' && t.audioSeconds !== undefined", 120_000)
+    page.uncheck("#handsfree")
+    ui.wait("s.live.state === 'off'")
+    assert_live_played(turn)
+    live = ui.stats()["live"]
+    assert live["sentMs"] > 1000 and live["events"]["input_audio_buffer.speech_stopped"] >= 1 and not live["errors"]
+    entry = page.locator(".turn").first
+    assert normalise(entry.locator(".question").inner_text()) == normalise(QUESTION)  # Whisper heard it
+    said = live_transcript(live_server, turn)
+    assert said["done"] and said["answer"] and normalise(said["answer"]) == normalise(turn["answer"])
+    assert normalise(entry.locator(".answer").inner_text()) == normalise(turn["answer"])
+    # per-turn latency: end of speech -> first audio, from response.done's metadata and the page's clock
+    assert float(turn["metadata"]["end_of_speech_to_first_audio_ms"]) == pytest.approx(turn["serverLatencyMs"])
+    assert turn["serverLatencyMs"] > 0 and turn["ttfa"] > 0
+    assert "end of speech → first audio" in entry.locator(".metrics").inner_text()
+    print(f"live turn: end of speech -> first audio {turn['serverLatencyMs']:.0f} ms (server), "
+          f"{turn['ttfa'] * 1000:.0f} ms in the page; {turn['seconds']:.2f} s of speech")
+    ui.shot(shots, "live")
+    ui.close()
+
+
+def test_live_conversation_speaking_interrupts_the_answer(pausing_browser, live_server, shots):
+    """With "speaking interrupts the answer": a long answer plays, the fake microphone's next question
+    (it loops) starts, the page silences the answer at once and tells the server how much it played."""
+    with long_answers(live_server):
+        ui = live_page(pausing_browser, live_server, barge_in=True, prompt="Whatever you are asked, tell a very "
+                       "long story about a dragon and a knight, in many long sentences.")
+        page = ui.page
+        cut = "t.status === 'interrupted' && t.buffers > 0"
+        turn = live_turn(ui, cut, 180_000)
+        assert turn["sourcesAfterStop"] == 0  # every scheduled buffer stopped, on speech_started
+        received_ms = turn["bytes"] / 2 * 1000 / SAMPLE_RATE
+        assert 0 < turn["playedMs"] <= received_ms
+        assert turn["playedMs"] > 1000  # it played for a while (the microphone was silent) before the cut
+        index = page.evaluate(f"window.__llmvoxStats.live.turns.findIndex((t) => {cut})")
+        # the server cut the assistant item where the page said it stopped playing
+        ui.wait(f"s.live.turns[{index}].truncatedMs === s.live.turns[{index}].playedMs", 30_000)
+        after = ui.stats()["live"]["turns"][index]
+        assert after["buffers"] == turn["buffers"] and after["bytes"] == turn["bytes"]  # nothing played after
+        assert after["serverStatus"] == "cancelled" and after["metadata"] is not None  # response.done
+        assert live_transcript(live_server, after)["done"]
+        print(f"barge-in: {turn['playedMs']} ms of {received_ms:.0f} ms received had played; "
+              f"{len(ui.stats()['live']['turns'])} answers so far")
+        assert "(interrupted)" in page.locator(".turn.stopped .answer").first.inner_text()
+        ui.shot(shots, "live_interrupted")
+        page.uncheck("#handsfree")
+        ui.close()

@@ -88,6 +88,65 @@ def matvec_ceiling(gpt: GPT, steps: int, repeats: int = 3) -> dict[str, float]:
     return {"weight_bytes_per_step": nbytes, "matvec_bandwidth_gb_s": bandwidth / 1e9, "ceiling_tokens_per_s": t.per_s}
 
 
+def matmul_ceiling(gpt: GPT, batch: int, steps: int, repeats: int = 3) -> float:
+    """Tokens/s bound for `batch` streams: one plain (batch x in) @ W^T per weight matrix, back to back,
+    with nothing else of a step (the most a batched step can reach on this machine)."""
+    mats = weight_matrices(gpt)
+    xs = [torch.randn(batch, m.shape[1], dtype=m.dtype) for m in mats]
+
+    def run() -> int:
+        for _ in range(steps):
+            for m, x in zip(mats, xs, strict=True):
+                F.linear(x, m)
+        return steps * batch
+
+    with torch.inference_mode():
+        for m, x in zip(mats, xs, strict=True):
+            F.linear(x, m)
+        return _best_of(run, repeats).per_s
+
+
+PROFILE_GROUPS = {  # profiler op name -> what it is in a step
+    "aten::mm": "weights", "aten::mv": "weights", "aten::addmv_": "weights", "aten::addmm": "weights",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::bmm": "attention",
+    "aten::_softmax": "attention", "aten::index_put_": "cache_writes", "aten::_index_put_impl_": "cache_writes",
+    "aten::native_layer_norm": "norms", "aten::gelu": "activation", "aten::argmax": "sampling",
+}
+
+
+def profile_step(decoder: SpeechDecoder, batch: int, steps: int) -> dict[str, float]:
+    """Where one batched step's time goes, in milliseconds per step by kind of work: the profiler's
+    self time of each kind as a share of the profiled step, scaled to the unprofiled step (`wall`), so the
+    profiler's own overhead does not inflate them; `python` is the rest (dispatch, Python, the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = decoder.new_cache(batch, steps + batch + 1)
+    text = torch.randint(3, 259, (batch,))
+    offsets = torch.arange(batch)
+
+    def run() -> float:
+        prev = torch.full((batch,), NO_CODE, dtype=torch.long)
+        start = time.perf_counter()
+        for n in range(steps):
+            prev = decoder.step(text, prev, offsets + n, cache, n + batch - 1).argmax(-1)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        run()
+        wall = min(run() for _ in range(2))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            profiled = run()
+    kinds = sorted(set(PROFILE_GROUPS.values())) + ["other_ops"]
+    seconds = dict.fromkeys(kinds, 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            seconds[PROFILE_GROUPS.get(event.key, "other_ops")] += event.self_cpu_time_total / 1e6
+    scale = wall / profiled / steps * 1e3  # profiled seconds -> unprofiled ms per step
+    out = {"wall": wall / steps * 1e3, **{k: v * scale for k, v in seconds.items()}}
+    out["python"] = max(0.0, out["wall"] - sum(v for k, v in out.items() if k != "wall"))
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def stream_rate(decoder: SpeechDecoder, batch: int, steps: int, repeats: int = 3) -> float:
     """Total tokens/s when `batch` streams step together (each at its own, staggered position)."""
     cache = decoder.new_cache(batch, steps + batch + 1)
@@ -138,7 +197,7 @@ def original_loop_rate(decoder: SpeechDecoder, codec: Any | None, steps: int) ->
         dump = 10
         for _ in range(steps):
             text = decoder.text_embedding(torch.tensor([[100]]))
-            feat = (torch.zeros(1, 1, 512) if code is None else
+            feat = (torch.zeros(1, 1, decoder.code_features.shape[1]) if code is None else
                     (codec.codes_to_features(torch.tensor([[code]])).permute(0, 2, 1) if codec is not None
                      else decoder.code_features[code].view(1, 1, -1)))
             x = F.normalize(torch.cat([text, feat], dim=2), p=2, dim=2, eps=1e-8)
@@ -184,8 +243,9 @@ def memory_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batches: tuple[int, ...] = (1, 4, 16),
-                      codec: Any | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All decoder figures, as one JSON-ready dict."""
+                      codec: Any | None = None, log: Callable[[str], None] = print,
+                      config: GPTConfig = RELEASED) -> dict[str, Any]:
+    """All decoder figures, as one JSON-ready dict (random weights of `config` unless `checkpoint`)."""
     if checkpoint:
         from llmvox.model.checkpoint import load_llmvox_checkpoint
 
@@ -194,7 +254,7 @@ def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batche
         decoder = SpeechDecoder(gpt, torch.randn(386, TEXT_DIM) * 0.5,
                                 torch.randn(gpt.config.vocab_size, gpt.config.n_embd - TEXT_DIM)).eval()
     else:
-        decoder = random_decoder()
+        decoder = random_decoder(config)
     cfg = decoder.gpt.config
     result: dict[str, Any] = {
         "model": cfg.to_dict(),
@@ -212,13 +272,20 @@ def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batche
         decoder.gpt.to(dtype)
         ceiling = matvec_ceiling(decoder.gpt, steps)
         rates = {b: stream_rate(decoder, b, steps) for b in batches}
+        ceilings = {b: matmul_ceiling(decoder.gpt, b, steps) for b in batches if b > 1}
+        profiles = {b: profile_step(decoder, b, min(steps, 100)) for b in (batches[0], batches[-1])}
         decoder.gpt.to(torch.float32)
         result[name] = {**ceiling, **{f"batch{b}_tokens_per_s": r for b, r in rates.items()}}
         result[name]["single_stream_fraction_of_ceiling"] = rates[batches[0]] / ceiling["ceiling_tokens_per_s"]
+        for b, c in ceilings.items():
+            result[name][f"batch{b}_ceiling_tokens_per_s"] = c
+            result[name][f"batch{b}_fraction_of_ceiling"] = rates[b] / c
+        result[name]["profile_ms_per_step"] = {f"batch{b}": p for b, p in profiles.items()}
         log(f"{name}: ceiling {ceiling['ceiling_tokens_per_s']:.0f} tok/s "
             f"({ceiling['weight_bytes_per_step'] / 1e6:.0f} MB/step at {ceiling['matvec_bandwidth_gb_s']:.1f} GB/s); "
             + ", ".join(f"batch {b}: {r:.0f} tok/s" for b, r in rates.items())
-            + f"; single stream = {100 * result[name]['single_stream_fraction_of_ceiling']:.0f}% of ceiling")
+            + f"; single stream = {100 * result[name]['single_stream_fraction_of_ceiling']:.0f}% of ceiling"
+            + "".join(f"; batch {b} = {100 * rates[b] / c:.0f}% of its ceiling ({c:.0f})" for b, c in ceilings.items()))
     result["bf16_agreement"] = codes_agreement(decoder, torch.bfloat16)
     log(f"bf16 shares {result['bf16_agreement']['same_codes']}/{result['bf16_agreement']['steps']} codes with fp32 "
         f"(identical for the first {result['bf16_agreement']['same_prefix']})")
@@ -231,7 +298,11 @@ def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batche
     result["single_stream_tokens_per_s"] = result[best]["batch1_tokens_per_s"]
     result["single_stream_fp32_tokens_per_s"] = result["fp32"]["batch1_tokens_per_s"]
     if 16 in batches:
-        result["batch16_tokens_per_s"] = max(result["fp32"]["batch16_tokens_per_s"], result["bf16"]["batch16_tokens_per_s"])
+        best16 = max(("fp32", "bf16"), key=lambda n: result[n]["batch16_tokens_per_s"])
+        result["batch16_precision"] = best16
+        result["batch16_tokens_per_s"] = result[best16]["batch16_tokens_per_s"]
+        result["batch16_ceiling_tokens_per_s"] = result[best16]["batch16_ceiling_tokens_per_s"]
+        result["batch16_fraction_of_ceiling"] = result[best16]["batch16_fraction_of_ceiling"]
     result["ceiling_tokens_per_s"] = result[best]["ceiling_tokens_per_s"]
     result["single_stream_fraction_of_ceiling"] = result["single_stream_tokens_per_s"] / result["ceiling_tokens_per_s"]
     result["speedup_vs_original_loop"] = result["single_stream_tokens_per_s"] / result["original_loop_tokens_per_s"]

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "num_workers", type=int, default=2)
     add_flag(p, "threads", type=int, default=None, help="torch threads per worker thread in the server")
     add_flag(p, "chunk_join", choices=["context", "original"], default="context")
+    add_flag(p, "chunk_policy", default="adaptive", metavar="POLICY[,POLICY]",
+             help="the server's chunk policy, or several comma-separated for an A/B in one run (one server "
+                  "each, measured in turn at every level), e.g. adaptive,fixed (default adaptive; TTS only)")
     add_flag(p, "dtype", choices=["float32", "bfloat16"], default="float32", help="the server's decoder precision")
     add_flag(p, "markdown", metavar="OUT.md", help="also write the README table here")
 
@@ -65,6 +68,19 @@ def _levels(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     if not levels or min(levels) < 1:
         raise LLMVoXError("--concurrency needs positive stream counts")
     return levels
+
+
+def _policies(text: str, url: str | None) -> tuple[str, ...]:
+    from llmvox.engine.config import CHUNK_POLICIES
+    from llmvox.errors import LLMVoXError
+
+    policies = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [x for x in policies if x not in CHUNK_POLICIES]
+    if not policies or bad:
+        raise LLMVoXError(f"--chunk_policy takes {' or '.join(CHUNK_POLICIES)}, comma-separated (got {text!r})")
+    if url and len(policies) > 1:
+        raise LLMVoXError("--url measures the running server's own chunk policy: give one --chunk_policy or none")
+    return policies
 
 
 def _original_voice_args(args: argparse.Namespace) -> list[str]:
@@ -108,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                                   codes_per_sentence=args.codes_per_sentence, url=args.url, bundle=args.bundle,
                                   voice_args=voice_args, num_workers=args.num_workers, threads=args.threads,
                                   chunk_join=args.chunk_join, api_key=args.api_key,
+                                  chunk_policies=_policies(args.chunk_policy, args.url),
                                   extra_args=["--dtype", args.dtype], log=log)
         table = markdown_table(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from llmvox.hub import RELEASED_CHECKPOINT, RELEASED_CODEC, RELEASED_G2P
+
 if TYPE_CHECKING:
     from llmvox.api import LLMVoX
 
@@ -25,16 +27,58 @@ def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(*flags, dest=name, **kwargs)
 
 
-def add_voice_args(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+HUB_FLAGS = (  # (flag, from_pretrained keyword, metavar, help)
+    ("revision", "revision", "REV", "with a hub id: the commit, tag or branch to load (default main)"),
+    ("hub_checkpoint", "checkpoint", "FILE", f"with a hub id of original files: the decoder checkpoint "
+     f"(default {RELEASED_CHECKPOINT}; OWNER/NAME[@REV]:FILE for another repo)"),
+    ("hub_codec", "codec", "FILE", f"with a hub id of original files: the WavTokenizer checkpoint "
+     f"(default {RELEASED_CODEC}; OWNER/NAME[@REV]:FILE for another repo)"),
+    ("hub_g2p", "g2p", "REPO", f"with a hub id of original files: the g2p T5 repo (default {RELEASED_G2P})"),
+    ("hub_codec_config", "codec_config", "PATH", "with a hub id of original files: the WavTokenizer YAML "
+     "(default: the released config, carried by llmvox)"),
+)
+
+
+def add_voice_args(parser: argparse.ArgumentParser, *, device: bool = True, several: bool = False) -> None:
+    """The voice flags; `several` (the server): --bundle may repeat as NAME=DIR, and --voices DIR loads
+    every bundle folder in DIR (llmvox.cli.serve_voices)."""
     group = parser.add_argument_group("voice (a bundle, the five original paths, or the embedded default)")
-    add_flag(group, "bundle", metavar="DIR", help="llmvox bundle folder or hub id")
+    bundle_help = ("llmvox bundle folder or hub id (MBZUAI/LLMVoX: the released files, converted once into "
+                   "~/.cache/llmvox)")
+    if several:
+        add_flag(group, "bundle", metavar="[NAME=]DIR", action="append", help=bundle_help + "; repeat as "
+                 "NAME=DIR for several voices (requests pick one by its `voice`; without NAME: the bundle's name)")
+        add_flag(group, "voices", metavar="DIR", help="serve every bundle folder in DIR, each named by its folder")
+        add_flag(group, "default_voice", metavar="NAME", help="the voice of requests that name none (default: "
+                 "the first --bundle, else the first folder of --voices)")
+    else:
+        add_flag(group, "bundle", metavar="DIR", help=bundle_help)
     for name, help_text in ORIGINAL_MODEL_FLAGS:
         add_flag(group, name, metavar="PATH", help=help_text)
+    for name, _, metavar, help_text in HUB_FLAGS:
+        add_flag(group, name, metavar=metavar, help=help_text)
     if device:
         add_flag(parser, "device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+        # with the device: the commands that load the voice here (the benches start a server instead)
+        add_flag(parser, "lexicon", metavar="FILE", default=None,
+                 help="pronunciations: word<TAB>phonemes (phoneme voice) or respelling (byte voice) per line, "
+                      "or a JSON object (docs/server.md)")
 
 
 def load_voice(args: argparse.Namespace, device: str | None = None) -> LLMVoX:
+    """The voice the flags name, reading with --lexicon when given (the file is checked before the
+    voice loads, its pronunciations against the voice after)."""
+    from llmvox.text.lexicon import Lexicon, read_lexicon
+
+    path = getattr(args, "lexicon", None)
+    entries = read_lexicon(path) if path else None
+    voice = _voice_from_flags(args, device)
+    if entries is not None:
+        voice.frontend = Lexicon(entries, voice.frontend, f"lexicon {path}").bind(voice.frontend)
+    return voice
+
+
+def _voice_from_flags(args: argparse.Namespace, device: str | None = None) -> LLMVoX:
     """The voice the flags name: --bundle, else the original paths, else the embedded default."""
     from llmvox.api import LLMVoX
     from llmvox.errors import LLMVoXError
@@ -42,10 +86,14 @@ def load_voice(args: argparse.Namespace, device: str | None = None) -> LLMVoX:
     device = device or getattr(args, "device", "cpu")
     originals = {name: getattr(args, name, None) for name, _ in ORIGINAL_MODEL_FLAGS}
     given = [n for n, v in originals.items() if v]
+    hub = {key: getattr(args, name, None) for name, key, _, _ in HUB_FLAGS}
     if getattr(args, "bundle", None):
         if given:
             raise LLMVoXError(f"give either --bundle or the original model paths, not both (also got --{given[0]})")
-        return LLMVoX.from_pretrained(args.bundle, device=device)
+        return LLMVoX.from_pretrained(args.bundle, device=device, **hub)
+    hub_given = [name for name, key, _, _ in HUB_FLAGS if hub[key] is not None]
+    if hub_given:
+        raise LLMVoXError(f"--{hub_given[0]} needs --bundle OWNER/NAME (a hub id)")
     if given:
         needed = [n for n in originals if n != "tokenizer_path" and not originals[n]]
         if needed:

@@ -17,12 +17,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     add_flag(p, "chat_type", default="voice",
              help="tts (speech endpoints only, loads no LLM or ASR), text, voice, visual_speech or multimodal "
                   "(default: voice, as the original)")
-    add_voice_args(p)
+    add_voice_args(p, several=True)
 
     g = p.add_argument_group("streaming (the original's schedule)")
     add_flag(g, "initial_dump_size_1", type=int, default=10, help="first chunk of worker 1, in codes (default 10)")
     add_flag(g, "initial_dump_size_2", type=int, default=160, help="first chunk of worker 2 (default 160)")
     add_flag(g, "max_dump_size", type=int, default=1280, help="largest chunk, in codes (default 1280)")
+    add_flag(g, "chunk_policy", choices=["adaptive", "fixed"], default=None,
+             help="adaptive: chunks cut by a playout deadline from the measured decoder and codec speed, so "
+                  "playback does not run dry; fixed: the original's schedule (the dump sizes above). Default: "
+                  "adaptive, fixed with --chunk_join original (the original server, exactly)")
+    add_flag(g, "playout_margin_ms", type=float, default=40.0,
+             help="adaptive: audio (ms) a chunk should still find queued at the listener (default 40)")
     add_flag(g, "max_audio_length", type=int, default=None,
              help="max codes per sentence (default: the voice's, 8000 for the original)")
     add_flag(g, "tts_device_1", default=None, help="device of worker 1: cpu, cuda:N, or a GPU number as in the original")
@@ -74,7 +80,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the streaming speech server",
                               description="Serve /tts, /v1/audio/speech, WS /v1/stream, /health and /metrics "
-                                          "(and the chat routes of the chosen --chat_type).")
+                                          "(and the chat routes of the chosen --chat_type), with one voice or "
+                                          "several (--bundle NAME=DIR ..., --voices DIR).")
     add_serve_args(p)
     p.set_defaults(func=run)
 
@@ -95,6 +102,8 @@ def settings_from_args(args: argparse.Namespace):
     stream = StreamConfig(
         initial_dump_size_1=args.initial_dump_size_1, initial_dump_size_2=args.initial_dump_size_2,
         max_dump_size=args.max_dump_size, max_audio_length=args.max_audio_length, chunk_join=args.chunk_join,
+        chunk_policy=args.chunk_policy or ("fixed" if args.chunk_join == "original" else "adaptive"),
+        playout_margin_ms=args.playout_margin_ms,
         context_frames=args.context_frames, lookahead_frames=args.lookahead_frames,
         normalize=not args.no_normalize,
     )
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from llmvox.cli.common import load_voice
+    from llmvox.cli.serve_voices import load_voices
     from llmvox.server.app import create_app
     from llmvox.server.context import install_log_format
 
@@ -127,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
     threads = settings.threads or max(1, (os.cpu_count() or 1) // (2 * settings.num_workers))
     settings.threads = threads
     torch.set_num_threads(threads)
-    tts = load_voice(args, device=settings.devices[0])
-    if args.eoa_token_id is not None:
-        tts.eoa_id = args.eoa_token_id
-    if args.dtype == "bfloat16":
-        tts.to_dtype(torch.bfloat16)
-    app = create_app(settings, tts=tts)
+    voices, default = load_voices(args, device=settings.devices[0])
+    for tts in voices.values():
+        if args.eoa_token_id is not None:
+            tts.eoa_id = args.eoa_token_id
+        if args.dtype == "bfloat16":
+            tts.to_dtype(torch.bfloat16)
+    app = create_app(settings, voices=voices, default_voice=default)
     logging.getLogger("llmvox.server").info("listening on http://%s:%d (%s)", settings.host, settings.port,
                                             _reach(settings.host))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,

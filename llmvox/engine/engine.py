@@ -1,6 +1,7 @@
 """`SpeechEngine`: the workers (a decoder and a codec per device) that every stream of a voice shares.
 
 `open()` starts a `SpeechStream` on them; `stream_speech` is the Python API's one-call streaming.
+`SpeechEngines` serves several voices: an engine (decoder threads) per voice, codec threads shared.
 """
 
 from __future__ import annotations
@@ -8,15 +9,16 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from llmvox.engine.codec_worker import CodecWorker
 from llmvox.engine.config import StreamConfig
 from llmvox.engine.events import StreamEvent
-from llmvox.engine.scheduler import CodecWorker, DecoderWorker, Workers
+from llmvox.engine.scheduler import DecoderWorker, Workers
 from llmvox.engine.stream import SpeechStream
 from llmvox.errors import LLMVoXError
 from llmvox.model.voice import Voice
@@ -28,7 +30,9 @@ class SpeechEngine:
 
     def __init__(self, voice: Voice, *, num_workers: int = 2, devices: list[str] | None = None,
                  max_batch: int = 32, threads: int | None = None, config: StreamConfig | None = None,
-                 pad_id: int = PAD_ID):
+                 pad_id: int = PAD_ID, codecs: list[CodecWorker] | None = None, name: str = ""):
+        """`codecs`: codec threads to run on instead of starting our own (one per worker; their owner
+        closes them); `name` prefixes the worker names, so several engines' workers tell apart."""
         if num_workers < 1:
             raise LLMVoXError("num_workers must be at least 1")
         self.voice = voice
@@ -40,6 +44,10 @@ class SpeechEngine:
         if threads is None:  # a decoder and a codec thread per worker share the cores
             threads = max(1, (os.cpu_count() or 1) // (2 * num_workers))
         self.threads = threads
+        if codecs is not None and len(codecs) != num_workers:
+            raise LLMVoXError(f"{len(codecs)} shared codec workers for {num_workers} workers")
+        self._own_codecs = codecs is None
+        prefix = f"{name}:" if name else ""
         replicas: dict[str, tuple[Any, Any]] = {}
         self.workers: list[DecoderWorker] = []
         self.codecs: list[CodecWorker] = []
@@ -53,9 +61,9 @@ class SpeechEngine:
             decoder, codec = replicas[key]
             self.devices.append(dev)
             self.codec_models.append(codec)
-            self.workers.append(DecoderWorker(decoder, name=f"worker{i}", max_batch=max_batch,
+            self.workers.append(DecoderWorker(decoder, name=f"{prefix}worker{i}", max_batch=max_batch,
                                               eoa_id=voice.eoa_id, pad_id=pad_id, threads=threads))
-            self.codecs.append(CodecWorker(name=f"codec{i}", threads=threads))
+            self.codecs.append(codecs[i] if codecs is not None else CodecWorker(name=f"codec{i}", threads=threads))
         self.lanes = Workers(voice, self.workers, self.codecs, self.codec_models)
         self._streams: set[SpeechStream] = set()
         self._lock = threading.Lock()
@@ -105,7 +113,7 @@ class SpeechEngine:
             s.cancel()
         for w in self.workers:
             w.close(timeout)
-        for c in self.codecs:
+        for c in self.codecs if self._own_codecs else ():
             c.close(timeout)
 
     def __enter__(self) -> SpeechEngine:
@@ -113,6 +121,90 @@ class SpeechEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SpeechEngines:
+    """Several voices served at once, by name: an engine per voice, since a decoder batch steps the rows
+    of one model only (each voice has its own decoder threads), while the codec threads (a codec
+    decode is any callable, run earliest deadline first) are shared by all of them."""
+
+    def __init__(self, engines: dict[str, SpeechEngine], default: str, codecs: list[CodecWorker] | None = None):
+        if default not in engines:
+            raise LLMVoXError(f"the default voice {default!r} is not one of {', '.join(engines)}")
+        self.engines = engines
+        self.default = default
+        self._codecs = codecs or []  # shared, ours to close
+
+    @classmethod
+    def start(cls, voices: Mapping[str, Voice], *, default: str | None = None, num_workers: int = 2,
+              threads: int | None = None, **options: Any) -> SpeechEngines:
+        """Engines for `voices` (name -> voice; the first is the default unless `default` names one);
+        `options` are SpeechEngine's (devices, max_batch, config, pad_id)."""
+        if not voices:
+            raise LLMVoXError("no voices to serve")
+        if num_workers < 1:
+            raise LLMVoXError("num_workers must be at least 1")
+        share_codec_models(voices.values())
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) // (2 * num_workers))
+        codecs = [CodecWorker(name=f"codec{i}", threads=threads) for i in range(num_workers)]
+        engines: dict[str, SpeechEngine] = {}
+        try:
+            for name, voice in voices.items():
+                engines[name] = SpeechEngine(voice, num_workers=num_workers, threads=threads, codecs=codecs,
+                                             name=name if len(voices) > 1 else "", **options)
+            return cls(engines, default or next(iter(voices)), codecs)
+        except BaseException:
+            for engine in engines.values():
+                engine.close()
+            for codec in codecs:
+                codec.close()
+            raise
+
+    def __getitem__(self, name: str) -> SpeechEngine:
+        return self.engines[name]
+
+    @property
+    def default_engine(self) -> SpeechEngine:
+        return self.engines[self.default]
+
+    @property
+    def active_streams(self) -> int:
+        return sum(e.active_streams for e in self.engines.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Every engine's stats in one (workers named voice:workerN when there are several voices)."""
+        parts = [e.stats() for e in self.engines.values()]
+        return {"streams": sum(p["streams"] for p in parts), "workers": [w for p in parts for w in p["workers"]]}
+
+    def close(self, timeout: float = 5.0) -> None:
+        for engine in self.engines.values():
+            engine.close(timeout)
+        for codec in self._codecs:
+            codec.close(timeout)
+
+
+def share_codec_models(voices: Iterable[Voice]) -> None:
+    """Voices whose codecs are the same (class, config and weights, on one device: bundles trained on one
+    codec) share one codec model, and the copies are freed: the codec is a large part of a voice."""
+    seen: list[Voice] = []
+    for voice in voices:
+        for other in seen:
+            if other.codec is not voice.codec and _same_codec(other, voice):
+                voice.codec = other.codec
+                break
+        seen.append(voice)
+
+
+def _same_codec(a: Voice, b: Voice) -> bool:
+    if type(a.codec) is not type(b.codec) or a.device != b.device:
+        return False
+    if getattr(a.codec, "config", None) != getattr(b.codec, "config", None):
+        return False
+    sa, sb = a.codec.state_dict(), b.codec.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    return all(sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -41,6 +41,7 @@ class AudioChunk:
     index: int  # chunk index within the sentence
     last_in_segment: bool
     text: str | None = None  # the sentence's words, on its first chunk
+    words: list[Any] | None = None  # word timestamps (engine.word_times.WordTime) now known, when asked for
 
 
 @dataclass

@@ -12,24 +12,25 @@ gives its row back at once (the last row moves into the hole, keeping rows packe
 while a segment runs (an LLM writing the sentence); a segment that has used up its text waits in its
 row, stepped with a throwaway input whose cache entry its next real step overwrites.
 
-A `CodecWorker` turns code chunks into audio on the same device, most urgent first (a chunk's
-deadline is when its stream would otherwise run dry), in its own thread so decoder steps never wait
-for the codec.
+Code windows become audio on a `CodecWorker` (`engine/codec_worker.py`), in a thread of its own so
+decoder steps never wait for the codec.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from llmvox.engine.codec_worker import CodecWorker
+from llmvox.model.aligner import Aligner
+from llmvox.model.gpt import HeadProbe
 from llmvox.model.speech_decoder import EOA_ID, NO_CODE, SpeechDecoder
 from llmvox.model.voice import Voice
 from llmvox.text.tokenizer import PAD_ID
@@ -50,8 +51,11 @@ class SegmentJob:
 
     _ids = itertools.count()
 
-    def __init__(self, on_codes: CodeCallback, *, max_audio_length: int = 8000, tag: str = ""):
+    def __init__(self, on_codes: CodeCallback, *, max_audio_length: int = 8000, tag: str = "",
+                 align: Aligner | None = None):
         self.id = next(self._ids)
+        self.align = align  # word timestamps wanted: `reads` gets the aligner head's read position per step
+        self.reads: list[float] = []
         self.tag = tag
         self.on_codes = on_codes
         self.max_audio_length = max_audio_length
@@ -270,18 +274,22 @@ class DecoderWorker:
         prev = torch.tensor([x[1] for x in inputs], dtype=torch.long, device=device)
         positions = [x[2] for x in inputs]
         pos = torch.tensor(positions, dtype=torch.long, device=device)
-        logits = self.decoder.step(text, prev, pos, self._cache, max(positions))
+        probe = _probe(batch)
+        logits = self.decoder.step(text, prev, pos, self._cache, max(positions), probe)
         codes = logits.argmax(dim=-1).tolist()
+        reads = _read_positions(probe, batch, positions)
         done: list[tuple[SegmentJob, list[int]]] = []
         real = 0
         with self._cond:
-            for job, (_, _, _, is_real), code in zip(batch, inputs, codes, strict=True):
+            for row, (job, (_, _, _, is_real), code) in enumerate(zip(batch, inputs, codes, strict=True)):
                 if not is_real or job.cancelled:
                     continue
                 real += 1
                 n = job.steps
                 job.steps = n + 1
                 job.prev = code
+                if reads is not None and job.align is not None:
+                    job.reads.append(reads[row])
                 all_text_fed = job.text_done and n >= len(job.text_ids) - 1
                 is_eoa = code == self.eoa_id and all_text_fed
                 limit = self.block_size
@@ -298,6 +306,26 @@ class DecoderWorker:
             _notify(job, out, job.finished)
 
 
+def _probe(batch: list[SegmentJob]) -> HeadProbe | None:
+    """The aligner head's probe when a segment of this step wants word timestamps (one voice per worker:
+    one head), else None: the step runs unchanged."""
+    align = next((job.align for job in batch if job.align is not None), None)
+    return None if align is None else HeadProbe(align.layer, align.heads)
+
+
+def _read_positions(probe: HeadProbe | None, batch: list[SegmentJob], positions: list[int]) -> list[float] | None:
+    """Each row's read position: the probed heads' attention centroid over the text ids fed so far
+    (j < N, j <= t), as llmvox.model.aligner reads it."""
+    if probe is None or probe.probs is None:
+        return None
+    probs = probe.probs
+    limits = torch.tensor([max(1, min(len(job.text_ids), p + 1)) for job, p in zip(batch, positions, strict=True)],
+                          device=probs.device)
+    where = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
+    on_text = probs * (where[None, :] < limits[:, None])
+    return ((on_text * where).sum(-1) / on_text.sum(-1).clamp(min=1e-9)).tolist()
+
+
 def _notify(job: SegmentJob, codes: list[int], finished: bool) -> None:
     try:
         job.on_codes(job, codes, finished)
@@ -306,78 +334,6 @@ def _notify(job: SegmentJob, codes: list[int], finished: bool) -> None:
                       extra={"request_id": job.tag.split("/")[0] if job.tag else None})
         job.cancelled = True
         job.error = exc
-
-
-# ---------------------------------------------------------------------------------------------
-# codec
-
-
-@dataclass(order=True)
-class _CodecTask:
-    deadline: float
-    seq: int
-    fn: Callable[[], None] = field(compare=False)
-    alive: Callable[[], bool] = field(compare=False)
-
-
-class CodecWorker:
-    """A thread running codec decodes (any callables) on one device, earliest deadline first."""
-
-    def __init__(self, *, name: str = "codec0", threads: int | None = None):
-        self.name = name
-        self.threads = threads
-        self.decodes = 0
-        self.busy_seconds = 0.0
-        self._heap: list[_CodecTask] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"llmvox-{name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], None], deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
-        """Run `fn` in the codec thread; tasks run in deadline order; `alive()` False skips it."""
-        with self._cond:
-            if self._closed:
-                return
-            heapq.heappush(self._heap, _CodecTask(deadline, next(self._seq), fn, alive))
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        return len(self._heap)
-
-    def close(self, timeout: float | None = 5.0) -> None:
-        with self._cond:
-            self._closed = True
-            self._heap.clear()
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            self._loop()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                task = heapq.heappop(self._heap)
-            if not task.alive():
-                continue
-            start = time.perf_counter()
-            try:
-                task.fn()
-            except Exception:  # tasks report their own errors; this only keeps the thread alive
-                log.exception("%s: codec task failed", self.name)
-            self.decodes += 1
-            self.busy_seconds += time.perf_counter() - start
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from llmvox.engine.chunk_policy import Chunk, ChunkPolicy, crossfade
+from llmvox.engine.codec_worker import Decode
 from llmvox.engine.config import StreamConfig
 from llmvox.engine.events import AudioChunk, Done, Failed, Flushed, StreamEvent, Text
+from llmvox.engine.playout import PlayoutClock
 from llmvox.engine.scheduler import SegmentJob, Workers
+from llmvox.engine.word_times import WordTimer, head_of
 from llmvox.errors import LLMVoXError
 from llmvox.text.frontend import WordReader
 from llmvox.text.segment import SpeakableStream, SpeakableWord
@@ -37,21 +40,6 @@ from llmvox.text.segment import SpeakableStream, SpeakableWord
 log = logging.getLogger(__name__)
 
 FLUSH = object()  # in a `feed_from` iterable: close the pending sentence now (as `flush()`)
-
-
-@dataclass
-class _Chunk:
-    """A planned chunk: new codes [start, end) of its segment, audio frames [emit_start, emit_end)."""
-
-    index: int
-    start: int
-    end: int
-    emit_start: int
-    emit_end: int
-    final: bool
-    head: np.ndarray | None = None  # decoded audio for the emitted frames
-    tail: np.ndarray | None = None  # decoded audio for held-back frames (context join)
-    ready: bool = False
 
 
 @dataclass
@@ -65,7 +53,7 @@ class _Segment:
     codes: list[int] = field(default_factory=list)
     done: bool = False
     job: SegmentJob | None = None
-    chunks: list[_Chunk] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
     planned: int = 0  # codes covered by planned chunks
     emitted: int = 0  # frames covered by planned chunks' emit ranges
     submitted: int = 0  # chunks handed to the codec
@@ -92,12 +80,13 @@ class SpeechStream:
         self.config = config
         self.request_id = request_id
         self.max_audio_length = config.max_audio_length or workers.voice.max_audio_length
-        self._frontend = workers.voice.frontend
+        lexicon, frontend = config.lexicon, workers.voice.frontend
+        self._frontend = frontend if lexicon is None else lexicon.bind(frontend)  # the words' reader
         self._queue: queue.Queue | None = None
         if sink is None:
             self._queue = queue.Queue()
             sink = self._queue.put
-        self._sink = sink
+        self._sink = WordTimer(workers.voice, self, sink) if config.word_timestamps else sink
         self._lock = threading.RLock()
         self._text = SpeakableStream(normalize=config.normalize, max_chars=config.max_sentence_chars)
         self._segments: list[_Segment] = []
@@ -105,6 +94,10 @@ class SpeechStream:
         n = len(workers.decoders)
         self._lanes = [_Lane(i, config.initial_dump_size_1 if i == 0 else config.initial_dump_size_2)
                        for i in range(n)]
+        voice = workers.voice
+        self._policy = (ChunkPolicy(config, voice.sample_rate / voice.hop_length, list(zip(workers.decoders,
+                        workers.codecs, strict=True))) if config.chunk_policy == "adaptive" else None)
+        self.playout = PlayoutClock(voice.sample_rate)  # the listener's buffer, as the engine delivers
         self._flush_marks: deque[int] = deque()  # segment counts at each flush(), until delivered
         self._history: list[int] = []  # codes of the leading run of finished segments
         self._history_segments = 0
@@ -262,7 +255,8 @@ class SpeechStream:
         ttfa = None if self.first_audio_at is None else self.first_audio_at - self.created_at
         secs = self.audio_seconds
         return {"time_to_first_audio": ttfa, "elapsed": end - self.created_at, "audio_seconds": secs,
-                "real_time_factor": (end - self.created_at) / secs if secs > 0 else None}
+                "real_time_factor": (end - self.created_at) / secs if secs > 0 else None,
+                "playback_gaps": self.playout.gaps, "stall_seconds": self.playout.stall}
 
     # ---- text -> segments ----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -325,7 +319,8 @@ class SpeechStream:
         lane.queue.popleft()
         lane.running = seg
         job = SegmentJob(lambda _job, codes, finished, seg=seg: self._on_codes(seg, codes, finished),
-                         max_audio_length=self.max_audio_length, tag=f"{self.request_id}/{seg.index}")
+                         max_audio_length=self.max_audio_length, tag=f"{self.request_id}/{seg.index}",
+                         align=head_of(self._sink))
         job.feed(seg.pending_ids, last=seg.text_done)
         seg.pending_ids = []
         seg.job = job
@@ -344,9 +339,11 @@ class SpeechStream:
             lane = self._lanes[seg.lane]
             cfg = self.config
             seg.codes.extend(codes)
-            while len(seg.codes) - seg.planned >= lane.dump:
+            while self._policy is None and len(seg.codes) - seg.planned >= lane.dump:
                 self._plan_chunk(seg, seg.planned + lane.dump, final=False)
                 lane.dump = min(lane.dump * 3, cfg.max_dump_size)
+            if self._policy is not None and not finished:
+                self._plan_adaptive(seg, len(codes))
             if finished:
                 self._plan_chunk(seg, len(seg.codes), final=True)
                 for _ in range(2):  # the original grows once for the last chunk, once for the sentence end
@@ -355,13 +352,27 @@ class SpeechStream:
                 lane.running = None
                 self._advance_history()
                 self._start_lanes()
+                for other in self._segments if self._policy is not None else ():
+                    if other.job is not None and not other.done:  # its deadline may be known now
+                        self._plan_adaptive(other, 0)
             self._submit_ready()
             self._deliver()
+
+    def _plan_adaptive(self, seg: _Segment, n: int) -> None:
+        """The adaptive policy's cut: all pending codes, once waiting longer would risk a gap."""
+        known = self.playout.started and seg.offset is not None  # when the audio before these plays
+        dry = self.playout.due((seg.offset + seg.emitted) * self.workers.voice.hop_length) if known else None
+        last = seg.chunks[-1] if seg.chunks else None
+        if self._policy.on_codes(seg.lane, seg.index, n, time.perf_counter(), pending=len(seg.codes) - seg.planned,
+                                 first=seg.index == 0 and last is None, dry_at=dry,
+                                 last_size=last.end - last.start if last else 0,
+                                 starved=seg.job is not None and not seg.job.runnable):
+            self._plan_chunk(seg, len(seg.codes), final=False)
 
     def _plan_chunk(self, seg: _Segment, end: int, final: bool) -> None:
         hold = 0 if final or self.config.chunk_join == "original" else self.config.lookahead_frames
         emit_end = end if final else max(seg.emitted, end - hold)
-        seg.chunks.append(_Chunk(len(seg.chunks), seg.planned, end, seg.emitted, emit_end, final))
+        seg.chunks.append(Chunk(len(seg.chunks), seg.planned, end, seg.emitted, emit_end, final))
         seg.planned = end
         seg.emitted = emit_end
 
@@ -389,7 +400,7 @@ class SpeechStream:
                 seg.submitted += 1
                 self._submit_chunk(seg, chunk, context)
 
-    def _submit_chunk(self, seg: _Segment, chunk: _Chunk, context: bool) -> None:
+    def _submit_chunk(self, seg: _Segment, chunk: Chunk, context: bool) -> None:
         workers = self.workers
         codec = workers.codec_models[seg.lane]
         if context:
@@ -409,24 +420,21 @@ class SpeechStream:
         base = self.first_audio_at or self.created_at
         deadline = base + start_frame * hop / workers.voice.sample_rate
 
-        def run() -> None:
-            try:
-                if not window:
-                    audio = np.zeros(0, dtype=np.float32)
-                else:
-                    codes = torch.tensor([window], dtype=torch.long, device=codec.device)
-                    audio = codec.decode_codes(codes)[0].float().cpu().numpy()
-            except Exception as exc:  # a device error: end this stream with it, not hang
-                log.exception("codec decode failed", extra={"request_id": self.request_id})
-                self.fail(exc)
+        def done(audio: np.ndarray | None, error: BaseException | None, waited: float, took: float) -> None:
+            if error is not None:  # a device error: end this stream with it, not hang
+                self.fail(error)
                 return
+            if self._policy is not None:
+                self._policy.codec_done(seg.lane, len(window), waited, took)
             head = audio[lead * hop:(lead + emit) * hop]
             tail = audio[(lead + emit) * hop:] if context else None
             self._on_audio(seg, chunk, head, tail)
 
-        workers.codecs[seg.lane].submit(run, deadline, alive=lambda: not (self.cancelled or self._finished))
+        # the adaptive policy lets windows of several streams share one codec call; `fixed` stays byte-exact
+        decode = Decode(codec, window, done, batchable=self._policy is not None)
+        workers.codecs[seg.lane].submit(decode, deadline, alive=lambda: not (self.cancelled or self._finished))
 
-    def _on_audio(self, seg: _Segment, chunk: _Chunk, head: np.ndarray, tail: np.ndarray | None) -> None:
+    def _on_audio(self, seg: _Segment, chunk: Chunk, head: np.ndarray, tail: np.ndarray | None) -> None:
         with self._lock:
             if self.cancelled or self._finished:
                 return
@@ -443,11 +451,12 @@ class SpeechStream:
                 samples = chunk.head if chunk.head is not None else np.zeros(0, np.float32)
                 if fade and seg.delivered > 0:
                     prev = seg.chunks[seg.delivered - 1]
-                    samples = _crossfade(prev.tail, samples, fade)
+                    samples = crossfade(prev.tail, samples, fade)
                     prev.tail = None
                 samples = np.ascontiguousarray(samples, dtype=np.float32)
+                self.playout.heard(len(samples))
                 if len(samples) and self.first_audio_at is None:
-                    self.first_audio_at = time.perf_counter()
+                    self.first_audio_at = self.playout.first
                     self._start_lanes()
                 self.audio_samples += len(samples)
                 text = " ".join(seg.words) if chunk.index == 0 else None
@@ -482,14 +491,3 @@ class SpeechStream:
             self._sink(Done(self.timings()) if self.error is None else Failed(self.error))
         except Exception:
             log.exception("sink failed at the end of the stream", extra={"request_id": self.request_id})
-
-
-def _crossfade(prev_tail: np.ndarray | None, head: np.ndarray, fade: int) -> np.ndarray:
-    """Blend the previous decode's version of the first samples into this one (raised cosine)."""
-    if prev_tail is None or not len(prev_tail) or not len(head):
-        return head
-    n = min(fade, len(prev_tail), len(head))
-    w = 0.5 - 0.5 * np.cos(np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n)
-    out = head.copy()
-    out[:n] = prev_tail[:n] * (1.0 - w) + head[:n] * w
-    return out

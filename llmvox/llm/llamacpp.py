@@ -110,7 +110,14 @@ class LlamaCppBackend(LLMBackend):
     def stream_chat(self, messages: list[dict], *, max_tokens: int = 1000, temperature: float = 0.7,
                     top_p: float = 0.95, top_k: int = 40, stop: list[str] | None = None,
                     cancel: threading.Event | None = None, seed: int | None = None) -> Iterator[str]:
-        with self._lock:
+        # wait for the model while watching `cancel`: an answer dropped while queued (a discarded
+        # speculative turn, a client gone) must not still evaluate its prompt once the others are done
+        while not self._lock.acquire(timeout=0.02):
+            if cancel is not None and cancel.is_set():
+                return
+        try:
+            if cancel is not None and cancel.is_set():
+                return
             stream = self._llm.create_chat_completion(
                 messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                 min_p=self.min_p, repeat_penalty=self.repeat_penalty, stop=stop or [], seed=seed, stream=True)
@@ -124,6 +131,8 @@ class LlamaCppBackend(LLMBackend):
                         yield delta
             finally:
                 stream.close()
+        finally:
+            self._lock.release()
 
     def fit_messages(self, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
         """Drop the oldest turns until the prompt leaves room for an answer in the model's context

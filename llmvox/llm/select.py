@@ -21,6 +21,25 @@ CHAT_TYPES = ("text", "voice", "visual_speech", "multimodal")
 # the original's default system prompt (configs/inference_config.py), kept so answers sound alike
 DEFAULT_SYSTEM_PROMPT = ("You are a friendly assistant that answers questions concisely. Do not answer in list, "
                          "use brackets etc. Think yourself as person speaking.")
+# The original's sampling (T 0.7, top-p 0.95) and prompt suit an 8B model. The embedded 135M SmolLM2
+# drifts with them (asked for the capital of France it began in French); a plain short prompt, low
+# temperature and a mild repeat penalty keep its answers on topic. Flags given explicitly still win.
+SAMPLING_DEFAULTS = {"llm_temperature": 0.7, "llm_top_p": 0.95, "llm_top_k": 40, "system_prompt": DEFAULT_SYSTEM_PROMPT}
+EMBEDDED_LLM_DEFAULTS = {"llm_temperature": 0.2, "llm_top_p": 0.9, "llm_top_k": 40,
+                         "system_prompt": "You are a helpful assistant. Keep answers short and simple."}
+EMBEDDED_REPEAT_PENALTY = 1.1
+
+
+def uses_embedded_llm(args: argparse.Namespace) -> bool:
+    """True when the flags leave the chat LLM at the embedded SmolLM2 (no checkpoint, no server URL)."""
+    return (getattr(args, "llm_checkpoint", None) is None and getattr(args, "llm_base_url", None) is None
+            and (getattr(args, "llm_backend", None) or "auto") in ("auto", "llamacpp"))
+
+
+def sampling_defaults(args: argparse.Namespace) -> dict:
+    """Sampling flags and system prompt: the ones given, else the defaults for the LLM they load."""
+    base = EMBEDDED_LLM_DEFAULTS if uses_embedded_llm(args) else SAMPLING_DEFAULTS
+    return {name: base[name] if getattr(args, name, None) is None else getattr(args, name) for name in base}
 
 
 def is_url(text: str | None) -> bool:
@@ -75,7 +94,8 @@ def backend_from_args(llm_checkpoint: str | None = None, llm_backend: str | None
             raise LLMVoXError(f"GGUF model file not found: {llm_checkpoint}")
         from llmvox.llm.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(llm_checkpoint, n_ctx=llm_n_ctx, n_threads=llm_threads)
+        return LlamaCppBackend(llm_checkpoint, n_ctx=llm_n_ctx, n_threads=llm_threads,
+                               repeat_penalty=EMBEDDED_REPEAT_PENALTY if llm_checkpoint is None else 1.0)
     if llm_checkpoint is None:
         raise LLMVoXError(f"--llm_backend {kind} needs --llm_checkpoint (a model folder or hub id)")
     if Path(llm_checkpoint).suffix.lower() == ".gguf":
@@ -114,12 +134,14 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
     _add(group, "llm_device", default="cpu", help="cpu, cuda, cuda:N or auto (transformers backends)")
     _add(group, "llm_dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     _add(group, "llm_max_tokens", type=int, default=1000, help="answer length cap in tokens (default 1000)")
-    _add(group, "llm_temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
-    _add(group, "llm_top_p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
-    _add(group, "llm_top_k", type=int, default=40, help="top-k sampling (default 40)")
+    _add(group, "llm_temperature", type=float, default=None,
+         help="sampling temperature; 0 = greedy (default 0.7; 0.2 for the embedded SmolLM2)")
+    _add(group, "llm_top_p", type=float, default=None, help="nucleus sampling mass (default 0.95; 0.9 for SmolLM2)")
+    _add(group, "llm_top_k", type=int, default=None, help="top-k sampling (default 40)")
     _add(group, "eos_token", default="<|eot_id|>",
          help="extra end-of-turn token, used when the model's vocabulary has it (default <|eot_id|>)")
-    _add(group, "system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="system prompt for every chat")
+    _add(group, "system_prompt", default=None,
+         help="system prompt for every chat (default: the original's; a short plain one for the embedded SmolLM2)")
     _add(group, "llm_base_url", default=None, metavar="URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     _add(group, "llm_api_key", default=None, help="API key for --llm_base_url (or $LLMVOX_LLM_API_KEY, $OPENAI_API_KEY)")
     _add(group, "llm_model", default=None, help="model name at --llm_base_url (default: the first it lists)")

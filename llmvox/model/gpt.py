@@ -150,6 +150,34 @@ class CausalSelfAttention(nn.Module):
         return project(self.c_proj, y.reshape(b, c))
 
 
+class HeadProbe:
+    """Ask `GPT.step` for the attention of some heads of one layer: after the step, `probs` (B, length)
+    float32 is their mean attention of each stream over its positions (word timestamps read it,
+    llmvox.model.aligner). A q.K product of those heads only: a step without a probe is unchanged."""
+
+    def __init__(self, layer: int, heads: tuple[int, ...]) -> None:
+        self.layer = layer
+        self.heads = tuple(heads)
+        self.probs: Tensor | None = None
+        run = self.heads == tuple(range(self.heads[0], self.heads[-1] + 1))
+        self._run = slice(self.heads[0], self.heads[-1] + 1) if run else None  # adjacent heads: views, no copies
+
+    def read(self, attn: CausalSelfAttention, x: Tensor, layer_k: Tensor, length: int, mask: Tensor | None) -> None:
+        hd = attn.n_embd // attn.n_head
+        if self._run is not None:
+            rows = slice(self._run.start * hd, self._run.stop * hd)
+            keys = layer_k[:, self._run, :length]
+        else:
+            rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in self.heads]).to(x.device)
+            keys = layer_k[:, list(self.heads), :length]
+        bias = None if attn.c_attn.bias is None else attn.c_attn.bias[rows]
+        q = F.linear(x, attn.c_attn.weight[rows], bias).view(x.shape[0], len(self.heads), 1, hd)
+        scores = (q @ keys.transpose(-1, -2)).squeeze(2).float() / math.sqrt(hd)  # (B, h, L)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, :, 0, :], float("-inf"))
+        self.probs = scores.softmax(-1).mean(1)
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -226,11 +254,12 @@ class GPT(nn.Module):
         return KVCache(self.config, batch, length, device=p.device, dtype=p.dtype)
 
     @torch.inference_mode()
-    def step(self, x: Tensor, positions: Tensor, cache: KVCache, max_position: int | None = None) -> Tensor:
+    def step(self, x: Tensor, positions: Tensor, cache: KVCache, max_position: int | None = None,
+             probe: HeadProbe | None = None) -> Tensor:
         """Advance B streams by one token. x (B, n_embd); positions (B,) int64, each stream's step index.
 
         Returns float32 logits (B, vocab). `max_position` (the largest entry of `positions`) saves a
-        device sync when the caller already knows it.
+        device sync when the caller already knows it. A `probe` gets some heads' attention (`HeadProbe`).
         """
         b = x.shape[0]
         if max_position is None:
@@ -244,6 +273,9 @@ class GPT(nn.Module):
         dtype = self.lm_head.weight.dtype
         h = x.to(dtype) + self.transformer.wpe.weight[positions]
         for i, block in enumerate(self.transformer.h):
-            h = h + block.attn.step(block.ln_1(h), cache.k[i, :b], cache.v[i, :b], positions, length, mask)
+            a = block.ln_1(h)
+            h = h + block.attn.step(a, cache.k[i, :b], cache.v[i, :b], positions, length, mask)
+            if probe is not None and i == probe.layer:
+                probe.read(block.attn, a, cache.k[i, :b], length, mask)
             h = h + block.mlp.step(block.ln_2(h))
         return project(self.lm_head, self.transformer.ln_f(h)).float()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmvox.model.gpt import GPT, KVCache
+from llmvox.model.gpt import GPT, HeadProbe, KVCache
 
 NO_CODE = -1  # "no previous code": the first step of a segment
 EOA_ID = 453  # LLMVoX's end of audio: codebook entry 453, read as "stop" once the text has been fed
@@ -55,6 +55,6 @@ class SpeechDecoder(nn.Module):
 
     @torch.inference_mode()
     def step(self, text_ids: Tensor, prev_codes: Tensor, positions: Tensor, cache: KVCache,
-             max_position: int | None = None) -> Tensor:
-        """One step for B streams (all (B,) int64): float32 logits (B, vocab)."""
-        return self.gpt.step(self.inputs(text_ids, prev_codes), positions, cache, max_position)
+             max_position: int | None = None, probe: HeadProbe | None = None) -> Tensor:
+        """One step for B streams (all (B,) int64): float32 logits (B, vocab); `probe` as `GPT.step`."""
+        return self.gpt.step(self.inputs(text_ids, prev_codes), positions, cache, max_position, probe)

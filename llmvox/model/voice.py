@@ -7,6 +7,7 @@ is a `Voice` with loaders and convenience methods; the engine and the server tak
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from llmvox.codec.config import SAMPLE_RATE
 from llmvox.device import resolve_device
+from llmvox.model.aligner import Aligner
 from llmvox.model.speech_decoder import EOA_ID, SpeechDecoder
 from llmvox.text.frontend import ByteFrontend, TextFrontend
 
@@ -26,7 +28,8 @@ class Voice:
 
     def __init__(self, decoder: SpeechDecoder, codec: WavTokenizer | nn.Module, *, max_audio_length: int = 8000,
                  eoa_id: int = EOA_ID, device: str | torch.device | None = None, name: str = "llmvox",
-                 frontend: TextFrontend | None = None):
+                 frontend: TextFrontend | None = None, source: str | Path | None = None,
+                 aligner: Aligner | None = None):
         self.device = resolve_device(device)
         self.decoder = decoder.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -36,3 +39,5 @@ class Voice:
         self.hop_length = int(getattr(codec, "hop_length", 320))  # audio samples per code
         self.name = name
         self.frontend = frontend or ByteFrontend()  # how the decoder reads text (the bundle says)
+        self.source = Path(source) if source is not None else None  # the bundle folder it was loaded from
+        self.aligner = aligner  # the head word timestamps come from (None: this voice has none)

@@ -1,7 +1,9 @@
-"""Streaming audio encoders (raw float32, s16le PCM, WAV, FLAC, MP3, Opus) and a speed changer.
+"""Streaming audio encoders (raw float32, s16le PCM, G.711, WAV, FLAC, MP3, Opus), output rates, a speed changer.
 
 Every encoder turns float32 chunks into bytes that can be sent at once: a stream cut anywhere is a
 playable prefix. WAV gets a header with "unknown" sizes (0xFFFFFFFF), as streaming WAV servers send.
+G.711 (mu-law, A-law: telephony, 8 kHz) is encoded here, as ITU-T G.191's reference encoder does.
+Another output rate than the voice's goes through soxr's streaming resampler: chunks join seamlessly.
 FLAC, MP3 and Opus come from libsndfile (bundled with soundfile): FLAC's STREAMINFO leaves the length
 unknown (allowed by the format); MP3 is constant bit rate, with libsndfile's placeholder info frame
 removed (it is only filled in at close, after it was sent); Opus comes in Ogg pages of about a second.
@@ -9,6 +11,7 @@ removed (it is only filled in at close, after it was sent); Opus comes in Ogg pa
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 
@@ -24,13 +27,94 @@ CONTENT_TYPES = {
     "flac": "audio/flac",
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",
+    "mulaw": "audio/basic",  # RFC 2046: 8-bit mu-law, 8 kHz, mono, no header
+    "alaw": "audio/x-alaw-basic",
+    "mulaw_wav": "audio/wav",
+    "alaw_wav": "audio/wav",
 }
+FORMAT_ALIASES = {"ulaw": "mulaw", "g711_ulaw": "mulaw", "g711_alaw": "alaw"}  # OpenAI Realtime's names
+G711 = ("mulaw", "alaw")
+TELEPHONY_RATE = 8000
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+OPUS_RATES = (8000, 16000, 24000, 48000)  # Opus has no 22.05 / 44.1 kHz mode
+FORMAT_RATES: dict[str, tuple[int, ...]] = {
+    "mulaw": (TELEPHONY_RATE,), "alaw": (TELEPHONY_RATE,), "mulaw_wav": (TELEPHONY_RATE,),
+    "alaw_wav": (TELEPHONY_RATE,), "opus": OPUS_RATES,
+}  # every other format: SAMPLE_RATES
+
+
+def format_rates(fmt: str) -> tuple[int, ...]:
+    """The output rates `fmt` can be sent at."""
+    return FORMAT_RATES.get(fmt, SAMPLE_RATES)
+
+
+def output_rate(fmt: str, asked: object, source_rate: int, param: str = "sample_rate") -> int:
+    """The rate `fmt` is sent at when `asked` for it (None: G.711's 8 kHz, else the voice's), or the 400
+    that says why it cannot be."""
+    rates = format_rates(fmt)
+    if asked is None:
+        return source_rate if source_rate in rates or fmt not in FORMAT_RATES else max(rates)
+    rate = _whole_number(asked)
+    if rate not in SAMPLE_RATES:
+        raise LLMVoXError(f"{param} {asked!r} is not supported; use one of {', '.join(map(str, SAMPLE_RATES))}",
+                          400, code="invalid_sample_rate", param=param)
+    if rate not in rates:
+        why = (f"G.711 telephony audio is 8000 Hz: leave {param} out" if rates == (TELEPHONY_RATE,)
+               else f"use one of {', '.join(map(str, rates))}")
+        raise LLMVoXError(f"{param} {rate} cannot be used with {fmt} ({why})", 400, code="unsupported_sample_rate",
+                          param=param)
+    return rate
+
+
+def _whole_number(value: object) -> int | None:
+    """An int, a float with no fraction or a string of digits as an int; anything else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 9:  # int() of 5,000 digits raises
+        return int(value)
+    return None
+
+
+def _s16(samples: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
+    return np.rint(x).astype("<i2")
 
 
 def to_s16(samples: np.ndarray) -> bytes:
     """float32 [-1, 1] -> little-endian int16 bytes (rounded, clipped)."""
-    x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
-    return np.rint(x).astype("<i2").tobytes()
+    return _s16(samples).tobytes()
+
+
+_ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+
+
+@functools.cache
+def _g711_table(law: str) -> np.ndarray:
+    """int16 + 32768 -> its G.711 byte. As ITU-T G.191's reference encoder, a negative sample is coded by
+    its one's complement (x and -1 - x differ only in the sign bit): the coding is exactly symmetric."""
+    x = np.arange(-32768, 32768, dtype=np.int32)
+    negative = x < 0
+    magnitude = np.where(negative, ~x, x)
+    if law == "mulaw":
+        biased = np.minimum(magnitude, 32635) + 132  # 14-bit magnitude + 33, scaled: segments start at 2^k
+        exponent = np.frexp(biased.astype(np.float64))[1] - 8  # 0..7
+        code = ~((negative << 7) | (exponent << 4) | ((biased >> (exponent + 3)) & 0x0F))
+    else:
+        v = magnitude >> 3  # 13-bit
+        segment = np.searchsorted(_ALAW_SEGMENT_ENDS, v)  # 0..8 (8: clipped)
+        mantissa = (v >> np.where(segment < 2, 1, segment)) & 0x0F
+        code = np.where(segment >= 8, 0x7F, (np.minimum(segment, 7) << 4) | mantissa)
+        code = code ^ np.where(negative, 0x55, 0xD5)
+    return (code & 0xFF).astype(np.uint8)
+
+
+def to_g711(samples: np.ndarray, law: str) -> bytes:
+    """float32 [-1, 1] -> G.711 bytes (`law` "mulaw" or "alaw"), one per sample, from the 16-bit rounding."""
+    return _g711_table(law)[_s16(samples).astype(np.int32) + 32768].tobytes()
 
 
 class StreamEncoder:
@@ -46,6 +130,13 @@ class StreamEncoder:
 
     def finish(self) -> bytes:
         return b""
+
+    def drain(self) -> bytes:
+        """At a sentence's end: the audio still held (a resampler's), so that all of it is sent now."""
+        return b""
+
+    def reset(self) -> None:
+        """Forget held audio (a cancelled stream's): the next chunk starts a new signal."""
 
     def whole_file(self, streamed: bytes) -> bytes:
         """After `finish()`: the bytes this encoder streamed, as one complete file (sizes filled in)."""
@@ -68,21 +159,47 @@ class PCMEncoder(StreamEncoder):
         return to_s16(samples)
 
 
-class WAVEncoder(PCMEncoder):
-    content_type = CONTENT_TYPES["wav"]
+class G711Encoder(StreamEncoder):
+    """Raw G.711, one byte per sample, no header: what telephony (Twilio, Asterisk .ulaw/.alaw) reads."""
 
-    def __init__(self, sample_rate: int):
+    def __init__(self, sample_rate: int, law: str):
         super().__init__(sample_rate)
+        self.law = law
+        self.content_type = CONTENT_TYPES[law]
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        return to_g711(samples, self.law)
+
+
+class WAVEncoder(StreamEncoder):
+    """WAV of 16-bit PCM, or of G.711 ("mulaw": format tag 7, "alaw": 6; 8-bit) with the 18-byte `fmt `
+    and the `fact` chunk the RIFF spec asks of every non-PCM format (the layout libsndfile writes)."""
+
+    content_type = CONTENT_TYPES["wav"]
+    _TAGS = {"mulaw": 7, "alaw": 6}
+
+    def __init__(self, sample_rate: int, codec: str = "pcm"):
+        super().__init__(sample_rate)
+        self.codec = codec
         self._header_sent = False
+        self._header_size = len(self.header())
 
     def header(self) -> bytes:
         unknown = 0xFFFFFFFF
-        fmt = struct.pack("<HHIIHH", 1, 1, self.sample_rate, self.sample_rate * 2, 2, 16)
+        rate = self.sample_rate
+        if self.codec == "pcm":
+            fmt, fact = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16), b""
+        else:
+            fmt = struct.pack("<HHIIHHH", self._TAGS[self.codec], 1, rate, rate, 1, 8, 0)
+            fact = b"fact" + struct.pack("<II", 4, unknown)  # samples: unknown until the end, as the sizes
         return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-                + b"data" + struct.pack("<I", unknown))
+                + fact + b"data" + struct.pack("<I", unknown))
+
+    def _data(self, samples: np.ndarray) -> bytes:
+        return to_s16(samples) if self.codec == "pcm" else to_g711(samples, self.codec)
 
     def encode(self, samples: np.ndarray) -> bytes:
-        data = to_s16(samples)
+        data = self._data(samples)
         if not self._header_sent:
             self._header_sent = True
             return self.header() + data
@@ -92,10 +209,16 @@ class WAVEncoder(PCMEncoder):
         return b"" if self._header_sent else self.header()
 
     def whole_file(self, streamed: bytes) -> bytes:
-        if len(streamed) < 44:
+        size = self._header_size
+        if len(streamed) < size:
             return streamed
-        return (streamed[:4] + struct.pack("<I", len(streamed) - 8) + streamed[8:40]
-                + struct.pack("<I", len(streamed) - 44) + streamed[44:])
+        data = len(streamed) - size
+        head = bytearray(streamed[:size])
+        head[4:8] = struct.pack("<I", len(streamed) - 8)
+        head[size - 4:size] = struct.pack("<I", data)
+        if self.codec != "pcm":
+            head[size - 12:size - 8] = struct.pack("<I", data)  # fact: one byte per sample
+        return bytes(head) + streamed[size:]
 
 
 class SoundFileEncoder(StreamEncoder):
@@ -170,23 +293,66 @@ def _drop_mp3_placeholder(data: bytes) -> bytes | None:
     return None
 
 
-def make_encoder(fmt: str, sample_rate: int) -> StreamEncoder:
+class Resampled(StreamEncoder):
+    """An encoder at another rate than the voice's, fed through soxr's streaming resampler: the chunks
+    come out as one signal (identical to resampling the whole), about 20-40 ms behind the input."""
+
+    def __init__(self, inner: StreamEncoder, source_rate: int):
+        import soxr
+
+        super().__init__(inner.sample_rate)
+        self.inner = inner
+        self.content_type = inner.content_type
+        self._soxr = soxr.ResampleStream(source_rate, inner.sample_rate, 1, dtype="float32", quality="HQ")
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        return self.inner.encode(self._soxr.resample_chunk(samples))
+
+    def drain(self) -> bytes:
+        tail = self._soxr.resample_chunk(np.zeros(0, np.float32), last=True)
+        self._soxr.clear()
+        return self.inner.encode(tail)
+
+    def reset(self) -> None:
+        self._soxr.clear()
+
+    def finish(self) -> bytes:
+        return self.drain() + self.inner.finish()
+
+    def whole_file(self, streamed: bytes) -> bytes:
+        return self.inner.whole_file(streamed)
+
+
+def _encoder_at(fmt: str, rate: int) -> StreamEncoder:
     if fmt == "f32":
-        return F32Encoder(sample_rate)
+        return F32Encoder(rate)
     if fmt == "pcm":
-        return PCMEncoder(sample_rate)
+        return PCMEncoder(rate)
     if fmt == "wav":
-        return WAVEncoder(sample_rate)
+        return WAVEncoder(rate)
+    if fmt in G711:
+        return G711Encoder(rate, fmt)
+    if fmt.endswith("_wav") and fmt[:-4] in G711:
+        return WAVEncoder(rate, fmt[:-4])
     if fmt in SoundFileEncoder._FORMATS:
-        return SoundFileEncoder(sample_rate, fmt)
+        return SoundFileEncoder(rate, fmt)
     raise LLMVoXError(f"unknown audio format {fmt!r}")
+
+
+def make_encoder(fmt: str, sample_rate: int, rate: int | None = None) -> StreamEncoder:
+    """An encoder of `fmt` fed float32 at `sample_rate` (the voice's) that sends `rate` (default: the
+    format's, see `output_rate`); resampled when the two differ. Check `rate` with `output_rate` first."""
+    rate = rate or output_rate(fmt, None, sample_rate)
+    encoder = _encoder_at(fmt, rate)
+    return encoder if rate == sample_rate else Resampled(encoder, sample_rate)
 
 
 def supported_formats() -> list[str]:
     """The response formats this machine can encode (MP3/Opus need libsndfile >= 1.1)."""
     import soundfile as sf
 
-    out = ["pcm", "wav"]
+    out = ["pcm", "wav", "mulaw", "alaw", "mulaw_wav", "alaw_wav"]
     formats = sf.available_formats()
     if "FLAC" in formats:
         out.append("flac")

@@ -48,9 +48,10 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from llmvox.chat import ChatRequest, ChatSettings, ChatTurn, TranscriptStore, request_from_openai
 from llmvox.engine.events import Text
+from llmvox.engine.word_times import transcript_words
 from llmvox.errors import LLMVoXError
 from llmvox.llm.base import LLMBackend
-from llmvox.server.audio_out import make_encoder
+from llmvox.server.audio_out import FORMAT_ALIASES, make_encoder, output_rate
 from llmvox.server.utterance import DisconnectAwareStreamingResponse, Utterance, audio_body
 
 log = logging.getLogger("llmvox.server.chat")
@@ -63,6 +64,7 @@ MAX_QUESTION_HEADER = 2000  # characters of the encoded question; the whole one 
 
 # ---- request bodies (the original's, with the languages optional) -------------------------------
 # `system_prompt` (optional, all four): replaces the server's --system_prompt for this turn; "" means none.
+# `voice` (optional, all four): the server voice that speaks the answer (GET /v1/audio/voices; None: the default).
 MAX_SYSTEM_PROMPT_CHARS = 4000
 
 
@@ -70,6 +72,7 @@ class TextChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     text: str
     system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
+    voice: Any = None  # one of the server's voices (None: the default)
 
 
 class VoiceChatRequest(BaseModel):
@@ -78,6 +81,7 @@ class VoiceChatRequest(BaseModel):
     source_language: str | None = None
     target_language: str | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
+    voice: Any = None  # one of the server's voices (None: the default)
 
 
 class VisionChatRequest(VoiceChatRequest):
@@ -106,6 +110,7 @@ class MultimodalChatRequest(BaseModel):
     source_language: str | None = None
     target_language: str | None = None
     system_prompt: str | None = Field(default=None, max_length=MAX_SYSTEM_PROMPT_CHARS)
+    voice: Any = None  # one of the server's voices (None: the default)
 
 
 # ---- state ------------------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def chat_router(state: ChatState) -> APIRouter:
                               code="transcript_not_found")
         if wait > 0 and not turn.done:
             await run_in_threadpool(turn.finished.wait, wait)
-        return turn.snapshot()
+        return transcript_words(turn.snapshot(), getattr(turn, "spoken", None))
 
     return router
 
@@ -227,12 +232,12 @@ async def _serve(state: ChatState, mode: str, body: dict) -> Response:
         settings = state.settings
         if body.get("system_prompt") is not None:  # this turn's own system prompt ("" = none)
             settings = replace(settings, system_prompt=body["system_prompt"].strip() or None)
-        async with Utterance(state.server, endpoint) as utterance:
+        async with Utterance(state.server, endpoint, voice=body.get("voice")) as utterance:
             request = await run_in_threadpool(ChatRequest.from_body, mode, body, settings)
             turn = _new_turn(state, utterance, request, settings)
             await run_in_threadpool(turn.start)  # ASR and the first words: errors are still JSON here
-            utterance.speak(turn.deltas(), request_id=turn.id)
-            headers = {"X-LLMVoX-Request-Id": turn.id, "Cache-Control": "no-store",
+            _speak_turn(state, utterance, turn)
+            headers = {"X-LLMVoX-Request-Id": turn.id, "Cache-Control": "no-store", "X-LLMVoX-Voice": utterance.voice,
                        "X-LLMVoX-Sample-Rate": str(state.server.sample_rate), "X-LLMVoX-Audio-Format": "f32le"}
             if turn.question:
                 headers["X-LLMVoX-Question"] = quote(turn.question, safe=" ?!,.'")[:MAX_QUESTION_HEADER]
@@ -252,15 +257,17 @@ async def _complete(state: ChatState, body: CompletionRequest) -> Response:
         settings = _request_settings(state.settings, body)
         if "audio" not in modalities:
             return await _text_completion(state, body, settings)
-        fmt = _audio_format(state, body)
-        async with Utterance(state.server, endpoint) as utterance:
+        fmt, rate = _audio_format(state, body)
+        voice = (body.audio or {}).get("voice")
+        async with Utterance(state.server, endpoint, voice=voice, voice_param="audio.voice") as utterance:
             request, turn = await _completion_turn(state, utterance, body, settings)
-            utterance.speak(turn.deltas(), request_id=turn.id, echo=True)
-            encoder = make_encoder(fmt, state.server.sample_rate)
+            _speak_turn(state, utterance, turn, echo=True)
+            encoder = make_encoder(fmt, state.server.sample_rate, rate)
             spoken = audio_body(utterance.events(), encoder)
             reply = _Completion(body, turn)
             if body.stream:
-                headers = {"X-LLMVoX-Request-Id": turn.id, "Cache-Control": "no-store"}
+                headers = {"X-LLMVoX-Request-Id": turn.id, "Cache-Control": "no-store",
+                           "X-LLMVoX-Voice": utterance.voice}
                 if turn.question and request.mode in ("voice", "visual_speech"):
                     headers["X-LLMVoX-Question"] = quote(turn.question, safe=" ?!,.'")[:MAX_QUESTION_HEADER]
                 return utterance.respond(reply.spoken_events(spoken), media_type="text/event-stream",
@@ -269,6 +276,14 @@ async def _complete(state: ChatState, body: CompletionRequest) -> Response:
             return reply.message(encoder.whole_file(audio))
     except LLMVoXError as exc:
         return error_response(state, endpoint, exc)
+
+
+def _speak_turn(state: ChatState, utterance: Utterance, turn: ChatTurn, *, echo: bool = False) -> None:
+    """Speak the turn's answer; with a voice that has an aligner its transcript also gets the words'
+    times and the last word heard (`turn.spoken` is the stream they are read from)."""
+    voices = state.server.voices  # None: a server without voices (speaking is a 503)
+    aligner = getattr(voices.voices.get(utterance.voice) if voices is not None else None, "aligner", None)
+    turn.spoken = utterance.speak(turn.deltas(), request_id=turn.id, echo=echo, timestamps=aligner is not None)
 
 
 def _new_turn(state: ChatState, utterance: Utterance | None, request: ChatRequest, settings: ChatSettings) -> ChatTurn:
@@ -305,15 +320,16 @@ async def _text_completion(state: ChatState, body: CompletionRequest, settings: 
     return reply.message(None)
 
 
-def _audio_format(state: ChatState, body: CompletionRequest) -> str:
-    """The response format of the spoken answer: OpenAI's names (pcm16 is our pcm), any this server encodes."""
+def _audio_format(state: ChatState, body: CompletionRequest) -> tuple[str, int]:
+    """The response format of the spoken answer: OpenAI's names (pcm16 is our pcm), any this server encodes;
+    and its rate (`audio.sample_rate`, ours: as /v1/audio/speech's `sample_rate`)."""
     asked = str((body.audio or {}).get("format", "pcm16")).lower()
-    fmt = "pcm" if asked == "pcm16" else asked
+    fmt = "pcm" if asked == "pcm16" else FORMAT_ALIASES.get(asked, asked)
     formats = [f for f in state.server.formats if f != "pcm"]
     if fmt not in state.server.formats or fmt == "f32":
         raise LLMVoXError(f"audio.format must be one of pcm16, {', '.join(formats)} (got {asked!r})", 400,
                           code="invalid_input", param="audio.format")
-    return fmt
+    return fmt, output_rate(fmt, (body.audio or {}).get("sample_rate"), state.server.sample_rate, "audio.sample_rate")
 
 
 class _Completion:

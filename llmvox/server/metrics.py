@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from llmvox.engine.engine import SpeechEngine
+    from llmvox.engine.playout import PlayoutClock
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,6 +26,8 @@ disable_created_metrics()  # no `*_created` series: they double the output and n
 
 _TTFA_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+_GAP_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
+_STALL_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Metrics:
@@ -41,6 +44,12 @@ class Metrics:
         self.rtf = Histogram("llmvox_real_time_factor", "Generation time / audio duration per stream",
                              ["endpoint"], buckets=_RTF_BUCKETS, registry=r)
         self.audio_seconds = Counter("llmvox_audio_seconds", "Seconds of audio streamed", ["endpoint"], registry=r)
+        # playback as the server sends it: a gap is a chunk sent after the audio sent before it (played
+        # from the first chunk on) has run out; per stream, so p50/p95 come from the buckets
+        self.gaps = Histogram("llmvox_stream_playback_gaps", "Playback gaps per finished stream",
+                              ["endpoint"], buckets=_GAP_BUCKETS, registry=r)
+        self.stall = Histogram("llmvox_stream_stall_seconds", "Seconds playback waited per finished stream",
+                               ["endpoint"], buckets=_STALL_BUCKETS, registry=r)
         self.disconnects = Counter("llmvox_client_disconnects", "Streams cancelled because the client left",
                                    ["endpoint"], registry=r)
         g = Gauge("llmvox_active_streams", "Streams being served now", registry=r)
@@ -48,6 +57,11 @@ class Metrics:
         q = Gauge("llmvox_queue_depth", "Requests waiting for a free stream", registry=r)
         q.set_function(queued)
         r.register(_EngineCollector(engine))
+
+    def observe_playout(self, endpoint: str, clock: PlayoutClock) -> None:
+        """One finished stream's gaps and stalled seconds (the histograms' sums are the totals)."""
+        self.gaps.labels(endpoint).observe(clock.gaps)
+        self.stall.labels(endpoint).observe(clock.stall)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RESPONSE_FORMATS = ("pcm", "wav", "flac", "mp3", "opus")
+RESPONSE_FORMATS = ("pcm", "wav", "flac", "mp3", "opus", "mulaw", "alaw", "mulaw_wav", "alaw_wav")
 STREAM_FORMATS = ("audio", "sse")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -16,19 +16,23 @@ class TTSRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     text: str
+    lexicon: Any = None  # {word: pronunciation} for this request (checked in the route: a 400, not a 422)
+    voice: Any = None  # a loaded voice's name (None: the server's default; checked in the route)
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's `POST /v1/audio/speech` body. `model` and `voice` name the one voice this server has;
-    any value is accepted so that clients written for other servers work unchanged."""
+    """OpenAI's `POST /v1/audio/speech` body. `voice` names one of the server's voices; OpenAI's own
+    names (alloy, echo, ...) and "default" speak with the default voice, so clients written for OpenAI
+    work unchanged (llmvox.server.voices). Any `model` is accepted."""
 
     model_config = ConfigDict(extra="ignore")
     input: str
     model: str = "llmvox"
-    voice: str | dict[str, Any] = "default"
+    voice: str | dict[str, Any] | None = None
     response_format: str = "mp3"
     speed: float = Field(default=1.0)
     stream_format: str = "audio"
     instructions: str | None = None
-
-
+    sample_rate: int | None = None  # ours, not OpenAI's (its client: extra_body); None: the format's default
+    lexicon: Any = None  # {word: pronunciation} for this request (checked in the route: a 400, not a 422)
+    timestamps: bool = False  # ours: word timestamps (stream_format sse, or /v1/audio/speech/captioned)

@@ -70,14 +70,17 @@ def server_info(request: Request) -> dict[str, Any]:
         "api_key_required": bool(settings.api_key),
         "authorized": authorized,
         "voice": {
-            "name": state.tts.name if state.tts is not None else None,
+            "name": state.voices.default,  # the default voice; requests may pick another of `voices`
             "sample_rate": state.sample_rate if state.tts is not None else SAMPLE_RATE,
             "audio_format": "f32le",
         },
+        "voices": [{"name": v["name"], "default": v["default"], "language": v["language"],
+                    "text_frontend": v["text_frontend"]} for v in state.voices.listing()],
         "stream": {
             "initial_dump_size_1": stream.initial_dump_size_1,
             "initial_dump_size_2": stream.initial_dump_size_2,
             "max_dump_size": stream.max_dump_size,
+            "chunk_policy": stream.chunk_policy,
             "max_audio_length": stream.max_audio_length,
             "chunk_join": stream.chunk_join,
             "workers": settings.num_workers,

@@ -28,10 +28,12 @@ from starlette.responses import Response, StreamingResponse
 
 from llmvox.engine.config import StreamConfig
 from llmvox.engine.events import AudioChunk, Done, EventBridge, Failed, StreamEvent, Text
+from llmvox.engine.playout import PlayoutClock
 from llmvox.engine.stream import SpeechStream
 from llmvox.errors import LLMVoXError
 from llmvox.server.audio_out import StreamEncoder, TimeStretcher
 from llmvox.server.context import request_id_var
+from llmvox.text.lexicon import Lexicon
 
 log = logging.getLogger("llmvox.server")
 
@@ -39,9 +41,12 @@ log = logging.getLogger("llmvox.server")
 class Utterance:
     """A stream slot, a speech stream fed from text deltas, its metrics, and one idempotent close."""
 
-    def __init__(self, state: Any, endpoint: str, *, started: float | None = None) -> None:
-        self.state = state  # the server's state: engine, slots, metrics, draining
+    def __init__(self, state: Any, endpoint: str, *, started: float | None = None, voice: Any = None,
+                 voice_param: str = "voice") -> None:
+        self.state = state  # the server's state: engines, voices, slots, metrics, draining
         self.endpoint = endpoint
+        self.voice = voice  # the request's voice (a name; None: the default), checked before the slot
+        self.voice_param = voice_param
         self.started = time.perf_counter() if started is None else started
         self.stream: SpeechStream | None = None
         self._bridge: EventBridge | None = None
@@ -54,6 +59,8 @@ class Utterance:
         state = self.state
         if state.draining:
             raise LLMVoXError("the server is shutting down", 503, code="shutting_down")
+        if state.voices is not None:  # None: a server without voices (503 when it would speak)
+            self.voice = state.voices.resolve(self.voice, self.voice_param)  # an unknown voice: 400, no slot taken
         if state.slots is not None:
             self._lease = await state.slots.acquire()
         return self
@@ -66,18 +73,22 @@ class Utterance:
         """Run `hook` when the utterance closes (before its slot is given back)."""
         self._hooks.append(hook)
 
-    def speak(self, deltas: Iterable[str], *, request_id: str | None = None, echo: bool = False) -> SpeechStream:
+    def speak(self, deltas: Iterable[str], *, request_id: str | None = None, echo: bool = False,
+              timestamps: bool = False) -> SpeechStream:
         """Open the speech stream and feed it `deltas` on a thread of its own (an LLM's answer)."""
-        self.stream = self._open(request_id=request_id)
+        config = replace(self._engine().config, word_timestamps=True) if timestamps else None
+        self.stream = self._open(config, request_id=request_id)
         self.stream.feed_from(deltas, echo=echo)
         return self.stream
 
-    async def say(self, text: str, *, limit: int | None = None) -> SpeechStream:
+    async def say(self, text: str, *, limit: int | None = None, lexicon: Lexicon | None = None,
+                  timestamps: bool = False) -> SpeechStream:
         """Speak one whole text. It is segmented and normalised (once) in a worker thread before the
         response starts, so a text that spells out to more than `limit` characters is a 413, and one with
         nothing speakable a 400 (codes text_too_long, nothing_to_say); the decoder starts meanwhile."""
         engine = self._engine()
-        self.stream = stream = self._open(replace(engine.config, max_spoken_chars=limit))
+        self.stream = stream = self._open(replace(engine.config, max_spoken_chars=limit, word_timestamps=timestamps,
+                                                  lexicon=lexicon or engine.config.lexicon))
         await run_in_threadpool(stream.feed_from([text]).join)
         if isinstance(stream.error, LLMVoXError):
             raise stream.error
@@ -86,7 +97,7 @@ class Utterance:
         return stream
 
     def _engine(self):
-        engine = self.state.engine
+        engine = self.state.engine_for(self.voice)
         if engine is None:
             raise LLMVoXError("the speech engine is not running yet", 503, code="engine_unavailable")
         return engine
@@ -99,12 +110,16 @@ class Utterance:
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The stream's events, counted: first audio, and at the end the audio seconds or the failure."""
         first = True
+        playout = PlayoutClock(self.state.sample_rate)  # the listener's buffer, as the chunks go out
         async for event in self._bridge:
+            if isinstance(event, AudioChunk):
+                playout.heard(len(event.samples))
             if first and isinstance(event, AudioChunk) and len(event.samples):
                 first = False
                 self.state.metrics.ttfa.labels(self.endpoint).observe(time.perf_counter() - self.started)
             elif isinstance(event, Done):
                 self._record(event.timings)
+                self.state.metrics.observe_playout(self.endpoint, playout)
             elif isinstance(event, Failed):
                 log.error("%s: speech failed: %s", self.endpoint, event.error)
                 self.state.metrics.errors.labels(self.endpoint, "generation_failed").inc()
@@ -179,11 +194,14 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
 
 
 async def audio_body(events: AsyncIterator[StreamEvent], encoder: StreamEncoder,
-                     stretch: TimeStretcher | None = None) -> AsyncIterator[bytes | Text]:
+                     stretch: TimeStretcher | None = None, words: list | None = None) -> AsyncIterator[bytes | Text]:
     """The one response writer: encoded audio bytes as the events come (sped up or slowed by `stretch`),
-    the encoder's tail at the end; `Text` events (echoed deltas) are passed through in order."""
+    the encoder's tail at the end; `Text` events (echoed deltas) are passed through in order. The chunks'
+    word timestamps (`AudioChunk.words`) are appended to `words` before their audio is yielded."""
     async for event in events:
         if isinstance(event, AudioChunk):
+            if words is not None and event.words:
+                words.extend(event.words)
             samples = event.samples if stretch is None else stretch.process(event.samples)
             data = encoder.encode(samples) if len(samples) else b""
             if data:

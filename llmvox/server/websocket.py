@@ -2,15 +2,17 @@
 
 Protocol (JSON text frames; audio in binary frames). See docs/websocket.md for the schema.
 
-    client -> server   {"type": "text", "text": "..."}   text delta, any split (sub-words, words, lines)
+    client -> server   {"type": "text", "text": "..."}   text delta, any split (sub-words, words, lines);
+                                                          "voice" (and "lexicon") on the one that starts an utterance
                        {"type": "flush"}                  speak everything sent so far (closes the sentence)
                        {"type": "cancel"}                 stop now: drop pending text and audio; stay open
                        {"type": "end"}                    no more text: finish speaking, then close
     server -> client   {"type": "ready", ...}             once, first: sample rate, format, request id
                        {"type": "segment", "index", "text"}  before the first audio of each sentence
-                       <binary>                           audio: s16le (or float32 with ?format=f32), mono
+                       <binary>                           audio: s16le (?format=f32: float32; mulaw, alaw), mono
                        {"type": "flushed", "segments"}    all audio for text before a flush was sent
-                       {"type": "cancelled"}              after a cancel; no audio of the old text follows
+                       {"type": "words", "words": [...]}  ?timestamps=true: words {word, start, end} (s) now heard
+                       {"type": "cancelled", "last_word"}  after a cancel; no audio of the old text follows
                        {"type": "done", ...}              after "end", all audio sent; then close 1000
                        {"type": "error", "code", "message"}  a bad message (the session goes on) or a failure
 """
@@ -22,7 +24,7 @@ import json
 import logging
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -30,28 +32,36 @@ from starlette.concurrency import run_in_threadpool
 
 from llmvox.engine.events import AudioChunk, EventBridge, Failed, Flushed, StreamEvent
 from llmvox.engine.stream import FLUSH, SpeechStream
+from llmvox.engine.word_times import aligner_of
 from llmvox.errors import LLMVoXError
-from llmvox.server.audio_out import make_encoder
+from llmvox.server.audio_out import FORMAT_ALIASES, make_encoder, output_rate
 from llmvox.server.context import request_id_var
 from llmvox.server.guard import deny_websocket
 from llmvox.server.slots import SlotLease
+from llmvox.text.lexicon import Lexicon, request_lexicon
 from llmvox.text.normalize import normalize
 
 log = logging.getLogger("llmvox.server")
 
 ws_router = APIRouter()
-WS_FORMATS = {"pcm": "pcm_s16le", "f32": "f32le"}
+WS_FORMATS = {"pcm": "pcm_s16le", "f32": "f32le", "mulaw": "mulaw", "alaw": "alaw"}  # ?format= -> "ready"
 
 
 @ws_router.websocket("/v1/stream")
 async def ws_stream(ws: WebSocket) -> None:
     state = ws.app.state.llmvox
     rid = request_id_var.get()
-    fmt = ws.query_params.get("format", "pcm")
+    fmt = ws.query_params.get("format", "pcm").lower()
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     try:  # the key and the Origin were checked by the guard before this handshake
         if fmt not in WS_FORMATS:
-            raise LLMVoXError(f"unknown format {fmt!r}; use format=pcm (s16le) or format=f32", 400, code="invalid_format",
-                           param="format")
+            raise LLMVoXError(f"unknown format {fmt!r}; use format=pcm (s16le), f32, mulaw or alaw", 400,
+                              code="invalid_format", param="format")
+        rate = output_rate(fmt, ws.query_params.get("sample_rate"), state.sample_rate)
+        voice = state.voices.resolve(ws.query_params.get("voice"))
+        timestamps = ws.query_params.get("timestamps", "false").lower() in ("1", "true", "yes")
+        if timestamps:
+            aligner_of(state.voices.voices[voice])
         if state.draining or state.engine is None:
             raise LLMVoXError("the server is shutting down", 503, code="shutting_down")
     except LLMVoXError as exc:
@@ -60,11 +70,12 @@ async def ws_stream(ws: WebSocket) -> None:
         log.info("websocket rejected: %s %s", exc.http_status, exc.message)
         await deny_websocket(ws, exc)
         return
-    session = _Session(ws, state, fmt, rid)
+    session = _Session(ws, state, fmt, rid, rate, voice)
+    session.timestamps = timestamps
     try:
         await ws.accept()
         state.metrics.requests.labels("/v1/stream", "101").inc()
-        log.info("websocket open (format %s)", fmt)
+        log.info("websocket open (format %s, %d Hz, voice %s)", fmt, rate, voice)
         await session.run()
     finally:
         session.close()
@@ -92,10 +103,13 @@ class _Session:
     that neither sends nor receives for --idle_timeout is closed.
     """
 
-    def __init__(self, ws: WebSocket, state: Any, fmt: str, rid: str):
+    def __init__(self, ws: WebSocket, state: Any, fmt: str, rid: str, rate: int | None = None,
+                 voice: str | None = None):
         self.ws = ws
+        self.voice = voice or state.voices.default  # ?voice=, or a text message's "voice": this and later utterances
         self.state = state
         self.fmt = fmt
+        self.rate = rate or output_rate(fmt, None, state.sample_rate)  # the audio's, as "ready" says
         self.rid = rid
         self.out: asyncio.Queue[dict[str, Any] | _Spoken | int] = asyncio.Queue()  # int: close with that code
         self.stream: SpeechStream | None = None
@@ -108,12 +122,20 @@ class _Session:
         self.audio_seconds = 0.0
         self.lease: SlotLease | None = None
         self.last_activity = time.monotonic()
+        self.lexicon: Lexicon | None = None  # from a text message's "lexicon": this utterance and later ones
+        self.timestamps = False  # ?timestamps=true: "words" events, and the last word heard on cancel/done
+        self.last_word: dict[str, Any] | None = None  # the last word event sent of this utterance
 
     # ---- engine side ---------------------------------------------------------------------------
     def _new_stream(self) -> None:
         self.utterance += 1
         self.bridge = bridge = EventBridge()
-        self.stream = self.state.engine.open(sink=bridge, request_id=f"{self.rid}.{self.utterance}")
+        engine = self.state.engine_for(self.voice)
+        config = None if self.lexicon is None else replace(engine.config, lexicon=self.lexicon)
+        if self.timestamps:
+            config = replace(config or engine.config, word_timestamps=True)
+        self.last_word = None
+        self.stream = engine.open(config, sink=bridge, request_id=f"{self.rid}.{self.utterance}")
         self.text = queue.Queue()
         self.queued_chars = 0
         self.stream.feed_from(iter(self.text.get, None))
@@ -167,8 +189,8 @@ class _Session:
 
     # ---- run -----------------------------------------------------------------------------------
     async def run(self) -> None:
-        await self.ws.send_json({"type": "ready", "request_id": self.rid, "sample_rate": self.state.sample_rate,
-                                 "channels": 1, "format": WS_FORMATS[self.fmt]})
+        await self.ws.send_json({"type": "ready", "request_id": self.rid, "sample_rate": self.rate,
+                                 "channels": 1, "format": WS_FORMATS[self.fmt], "voice": self.voice})
         writer = asyncio.create_task(self._writer())
         reader = asyncio.create_task(self._reader())
         try:
@@ -227,7 +249,8 @@ class _Session:
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind == "text":
-            await self._text(msg.get("text"))
+            if self._voice(msg) and ("lexicon" not in msg or await self._lexicon(msg["lexicon"])):
+                await self._text(msg.get("text"))
         elif kind == "flush":
             if self.stream is None:
                 self._event({"type": "flushed", "segments": 0})
@@ -236,7 +259,7 @@ class _Session:
         elif kind == "cancel":
             self._drop_stream()
             self._release()
-            self._event({"type": "cancelled"})
+            self._event({"type": "cancelled", "last_word": self.last_word} if self.timestamps else {"type": "cancelled"})
         elif kind == "end":
             self.ended = True
             if self.stream is None:
@@ -248,6 +271,41 @@ class _Session:
         else:
             self._event({"type": "error", "code": "unknown_type",
                          "message": f"unknown message type {kind!r}; use text, flush, cancel or end"})
+
+    def _voice(self, msg: dict[str, Any]) -> bool:
+        """A text message's "voice" for the utterance it starts (and the session's later ones); False (an
+        error event, the message dropped) when it is unknown or an utterance is already being spoken."""
+        if "voice" not in msg:
+            return True
+        try:
+            voice = self.state.voices.resolve(msg["voice"])
+            if self.timestamps:
+                aligner_of(self.state.voices.voices[voice])  # timestamps_unavailable
+        except LLMVoXError as exc:
+            self._event({"type": "error", "code": exc.code, "message": exc.message})
+            return False
+        if self.stream is not None and voice != self.voice:
+            self._event({"type": "error", "code": "invalid_voice", "message": "a voice goes on the text message "
+                         "that starts an utterance (the first, or the first after a cancel)"})
+            return False
+        if voice != self.voice:
+            self.lexicon = None  # a lexicon is checked against one voice's front-end
+        self.voice = voice
+        return True
+
+    async def _lexicon(self, value: Any) -> bool:
+        """A text message's "lexicon" for the utterance it starts (and the session's later ones); False
+        (an error event, the message dropped) when it is bad or an utterance is already being spoken."""
+        if self.stream is not None:
+            self._event({"type": "error", "code": "invalid_lexicon", "message": "a lexicon goes on the text "
+                         "message that starts an utterance (the first, or the first after a cancel)"})
+            return False
+        try:
+            self.lexicon = await run_in_threadpool(request_lexicon, value, self.state.voices.voices[self.voice].frontend)
+        except LLMVoXError as exc:
+            self._event({"type": "error", "code": exc.code, "message": exc.message})
+            return False
+        return True
 
     async def _text(self, text: Any) -> None:
         if not isinstance(text, str):
@@ -276,7 +334,7 @@ class _Session:
         self.out.put_nowait(event)
 
     async def _writer(self) -> None:
-        encoder = make_encoder(self.fmt, self.state.sample_rate)
+        encoder = make_encoder(self.fmt, self.state.sample_rate, self.rate)
         while True:
             item = await self.out.get()
             if isinstance(item, int):
@@ -294,9 +352,18 @@ class _Session:
         """Send one stream event; True when the session is over."""
         if isinstance(event, AudioChunk):
             if event.index == 0:
+                encoder.reset()  # each sentence is resampled on its own: nothing of a cancelled one leaks
                 await self.ws.send_json({"type": "segment", "index": event.segment, "text": event.text or ""})
+            data = encoder.encode(event.samples) if len(event.samples) else b""
+            if event.last_in_segment:
+                data += encoder.drain()  # all of the sentence before what follows it ("flushed", "done")
+            if data:
+                await self.ws.send_bytes(data)
+            if event.words:
+                self.last_word = event.words[-1].to_dict()
+                await self.ws.send_json({"type": "words", "segment": event.segment,
+                                         "words": [w.to_dict() for w in event.words]})
             if len(event.samples):
-                await self.ws.send_bytes(encoder.encode(event.samples))
                 self.audio_seconds += len(event.samples) / self.state.sample_rate
                 self.last_activity = time.monotonic()
             if event.last_in_segment:
@@ -319,6 +386,7 @@ class _Session:
         timings = stream.timings() if stream is not None else {}
         await self.ws.send_json({"type": "done", "segments": stream.segments if stream else 0,
                                  "audio_seconds": round(self.audio_seconds, 3),
-                                 "time_to_first_audio": timings.get("time_to_first_audio")})
+                                 "time_to_first_audio": timings.get("time_to_first_audio"),
+                                 **({"last_word": self.last_word} if self.timestamps else {})})
         await self.ws.close(code=1000)
         return True

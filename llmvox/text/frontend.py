@@ -14,6 +14,10 @@ back: when word k+1 arrives it runs the g2p on the sentence so far and releases 
 of its left context and one word of right context; the sentence's end releases the last word. Training
 encodes its transcripts with the same reader, so what the voice hears at inference is exactly what it
 was trained on.
+
+A pronunciation lexicon (`llmvox.text.lexicon`) reads through the same readers: each front-end says
+which pronunciations it can read (`pronunciation_error`) and what to read in place of a matched word
+(`pronounce`: the respelling's words, or the g2p's own `[word](/phonemes/)` override).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from llmvox.errors import LLMVoXError
 from llmvox.text.tokenizer import BYTE_OFFSET, EOS_ID, SENTENCE_END_ID, encode_chunk
 
 FRONTENDS = ("byt5", "phonemes")
+_OVERRIDE_SYNTAX = frozenset("[]()/")  # hibari's `[word](/phonemes/)`
 
 
 class WordReader(ABC):
@@ -53,6 +58,20 @@ class TextFrontend(ABC):
     def config(self) -> dict[str, Any]:
         """What a bundle's config.json stores under "text_frontend"."""
         return {"kind": self.kind}
+
+    def pronunciation_error(self, pronunciation: str) -> str | None:
+        """Why a lexicon pronunciation cannot be read by this voice (None: it can). A byte voice reads a
+        respelling as written, after the normaliser: numbers in it would reach the decoder as digits."""
+        digit = next((c for c in pronunciation if c.isdigit()), None)
+        return f"has the digit {digit!r}: write numbers as words" if digit else None
+
+    def pronounce(self, lead: str, text: str, pronunciation: str, trail: str) -> list[str]:
+        """The words to read in place of `text` (a lexicon match, its punctuation `lead` and `trail`
+        kept around it): a byte voice reads the respelling's words."""
+        words = pronunciation.split()
+        words[0] = lead + words[0]
+        words[-1] += trail
+        return words
 
     def encode_words(self, words: Iterable[str]) -> list[int]:
         """Ids of one whole sentence given as words, exactly as streaming them one by one would give."""
@@ -124,6 +143,20 @@ class PhonemeFrontend(TextFrontend):
         if current or not words:
             words.append(current)
         return words
+
+    def pronunciation_error(self, pronunciation: str) -> str | None:
+        """Misaki phonemes, each one in this voice's table (brackets would break the g2p's override)."""
+        for c in pronunciation:
+            if c in _OVERRIDE_SYNTAX:
+                return f"uses {c!r}, which a pronunciation cannot contain"
+            if c not in self.symbols:
+                return f"uses {c!r}, which is not in this voice's phoneme table"
+        return None
+
+    def pronounce(self, lead: str, text: str, pronunciation: str, trail: str) -> list[str]:
+        """One word for the g2p in its own override syntax, `[text](/phonemes/)`: the g2p still sees the
+        word in its sentence, so its neighbours keep their context ("the" before a vowel)."""
+        return [f"{lead}[{text}](/{pronunciation}/){trail}"]
 
     def ids(self, phonemes: str) -> list[int]:
         return [self.symbols[c] for c in phonemes if c in self.symbols]

@@ -7,6 +7,7 @@
 import { Float32Reader, getInfo, getTranscript, startChat } from './api.js';
 import { Camera, Microphone, dbfs } from './mic.js';
 import { StreamPlayer } from './player.js';
+import { LiveConversation } from './realtime.js';
 import { blobToBase64, concatFloat32, encodeWav } from './wav.js';
 
 const $ = (id) => document.getElementById(id);
@@ -36,6 +37,10 @@ const app = {
   images: { visual_speech: [], multimodal: [] }, // {name, url, base64, bytes}
   snapshots: 0,
 };
+app.live = new LiveConversation({ // hands-free on the Voice tab: WS /v1/realtime (realtime.js)
+  mic: app.mic, stats, player: () => app.player, apiKey, status, showError, clearError, setBusy,
+  addEntry: (question) => addEntry('voice', question),
+});
 
 // ---- status, errors ------------------------------------------------------------------------------
 function status(text, state) {
@@ -98,6 +103,20 @@ function fact(list, name, value) {
   list.append(dt, dd);
 }
 
+function showVoices(voices) {
+  // the picker appears when the server has several voices (llmvox serve --voices DIR)
+  const select = $('voice-select');
+  const kept = select.value;
+  select.replaceChildren(...voices.map((v) => {
+    const option = document.createElement('option');
+    option.value = v.name;
+    option.textContent = `${v.name}${v.default ? ' (default)' : ''} · ${v.language}, ${v.text_frontend}`;
+    option.selected = kept ? v.name === kept : v.default;
+    return option;
+  }));
+  $('voice-field').hidden = voices.length < 2;
+}
+
 function describeServer(info) {
   const where = info.proxyUpstream ? `${info.proxyUpstream} (through the UI proxy at ${location.host})` : location.host;
   const voice = info.voice.name || 'voice';
@@ -114,6 +133,7 @@ function describeServer(info) {
   const models = $('model-info');
   models.replaceChildren();
   fact(models, 'Voice', `${voice} (${info.voice.sample_rate} Hz)`);
+  showVoices(info.voices || []);
   fact(models, 'Language model', info.llm ? info.llm.name : 'none (speech only)');
   fact(models, 'Speech recognition', info.asr ? info.asr.name : 'none');
   fact(models, 'Chat type', info.chat_type);
@@ -161,6 +181,7 @@ function selectMode(mode, focus) {
   $('tts-input').disabled = mode === 'tts' && !available;
   $('send-tts').disabled = mode === 'tts' && !available;
   for (const el of document.querySelectorAll(`#panel-${mode} input, #panel-${mode} button`)) el.disabled = !available;
+  if (mode !== 'voice') app.live.stop();
   if ((!speech || !available) && $('handsfree').checked) {
     $('handsfree').checked = false;
     app.mic.stopListening();
@@ -243,7 +264,7 @@ function showMetrics(turn) {
     parts.push(`complete after ${seconds(r.total)}`, `${seconds(r.audioSeconds)} of speech`);
   }
   if (r.rtf !== null) parts.push(`real-time factor ${r.rtf.toFixed(2)}${r.rtf < 1 ? ' (faster than real time)' : ''}`);
-  if (r.gaps) parts.push(`${r.gaps} playback gap${r.gaps > 1 ? 's' : ''}`);
+  if (r.gaps) parts.push(`${r.gaps} playback gap${r.gaps > 1 ? 's' : ''} (${seconds(r.stallSeconds || 0)} stalled)`);
   turn.entry.metrics.textContent = parts.join(' · ');
 }
 
@@ -260,7 +281,48 @@ function showTranscript(turn, snap) {
     if (turn.rec.status !== 'running') showMetrics(turn);
   }
   if (snap.answer) turn.entry.answer.textContent = snap.answer + (snap.done ? '' : ' …');
+  if (snap.words && snap.words.length && !snap.error) showWords(turn, snap);
   if (snap.done && snap.error) turn.entry.answer.textContent += ` (${snap.error})`;
+}
+
+// The answer as its spoken words (the transcript's word timestamps), the one being heard highlighted:
+// a word's times are seconds of the answer's audio, mapped onto the player's schedule of buffers.
+function showWords(turn, snap) {
+  const el = turn.entry.answer;
+  el.textContent = '';
+  for (const w of snap.words) {
+    const span = document.createElement('span');
+    span.textContent = `${w.word} `;
+    el.appendChild(span);
+  }
+  if (!snap.done) el.appendChild(document.createTextNode('…'));
+  turn.words = snap.words;
+  if (!turn.highlighting) {
+    turn.highlighting = true;
+    requestAnimationFrame(() => highlightWord(turn));
+  }
+}
+
+function heardSeconds(schedule, now) {
+  let heard = 0;
+  for (const [when, duration] of schedule) {
+    if (now <= when) break;
+    heard += Math.min(duration, now - when);
+  }
+  return heard;
+}
+
+function highlightWord(turn) {
+  const player = app.player;
+  const spans = turn.entry.answer.querySelectorAll('span');
+  const t = player ? heardSeconds(turn.rec.schedule || [], player.ctx.currentTime) : Infinity;
+  turn.words.forEach((w, i) => spans[i] && spans[i].classList.toggle('speaking', w.start <= t && t < w.end));
+  if (player && (player.playing || turn.rec.status === 'running')) {
+    requestAnimationFrame(() => highlightWord(turn));
+  } else {
+    turn.highlighting = false;
+    spans.forEach((span) => span.classList.remove('speaking'));
+  }
 }
 
 // ---- a turn --------------------------------------------------------------------------------------
@@ -305,10 +367,11 @@ async function runTurn(mode, body, view) {
   stopTurn(); // a new question interrupts the answer in progress
   clearError();
   if (!$('prompt-default').checked && mode !== 'tts') body.system_prompt = $('system-prompt').value;
+  if ($('voice-select').value) body.voice = $('voice-select').value; // the server's default when none is picked
   const rec = {
     mode, requestId: null, question: view.question || null, answer: '', status: 'running', error: null,
     asrSeconds: null, stoppedAfter: null,
-    buffers: 0, seconds: 0, gaps: 0, ttfa: null, total: null, audioSeconds: null, rtf: null, bytes: 0,
+    buffers: 0, seconds: 0, gaps: 0, stallSeconds: 0, ttfa: null, total: null, audioSeconds: null, rtf: null, bytes: 0,
     schedule: [], // [start time, duration] of every AudioBuffer, in the AudioContext's clock
   };
   stats.turns.push(rec);
@@ -397,6 +460,7 @@ function failTurn(turn, error) {
 
 /** Barge-in: cancel the answer on the server (abort the request) and silence the speakers. */
 function stopTurn() {
+  app.live.interrupt(); // a live conversation's answer, if one is playing
   const turn = app.turn;
   if (app.player) app.player.stop();
   if (!turn) {
@@ -543,6 +607,10 @@ async function finishRecording() {
 
 async function toggleHandsFree() {
   const box = $('handsfree');
+  if (app.live.active || (box.checked && app.live.usable(app.info, app.mode))) {
+    await app.live.toggle(box.checked, openMic);
+    return;
+  }
   if (!box.checked) {
     app.mic.stopListening();
     status('Hands-free is off.', 'ready');

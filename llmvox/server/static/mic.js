@@ -62,6 +62,7 @@ export class Microphone {
     this.onspeechstart = null; // hands-free: a recording started
     this.onutterance = null; // hands-free: ({wavBase64, seconds}) a recording ended
     this.onlimit = null; // a recording reached maxSeconds
+    this.onframe = null; // (Float32Array at this.rate) every 20 ms frame
     this._frames = [];
     this._preRoll = [];
     this._loud = 0;
@@ -155,6 +156,7 @@ export class Microphone {
     const rms = Math.sqrt(sum / frame.length);
     this.level = rms;
     if (this.onlevel) this.onlevel(rms);
+    if (this.onframe) this.onframe(frame); // the live conversation streams every frame (realtime.js)
     const loud = dbfs(rms) >= this.thresholdDb;
     if (this.state === 'recording') {
       this._frames.push(frame);

@@ -39,7 +39,7 @@ export class StreamPlayer {
     }
   }
 
-  /** Start a new answer: `turnStats` collects this turn's buffers, seconds and gaps. */
+  /** Start a new answer: `turnStats` collects this turn's buffers, seconds, gaps and stalled seconds. */
   begin(turnStats) {
     this.stop();
     this.turn = turnStats;
@@ -88,6 +88,7 @@ export class StreamPlayer {
         this.turn.gaps += 1;
         this.stats.gaps += 1;
         this.lead = Math.min(MAX_LEAD, this.lead * 2);
+        this.turn.stallSeconds = (this.turn.stallSeconds || 0) + now + this.lead - this.nextTime; // silence heard
       }
       this.nextTime = now + this.lead;
     }
