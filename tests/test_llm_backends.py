@@ -344,3 +344,20 @@ def test_openai_messages_carry_images_and_audio():
     assert decoded.size == (20, 10)
     wav = base64.b64decode(out[0]["content"][1]["input_audio"]["data"])
     assert wav[:4] == b"RIFF" and out[0]["content"][2] == {"type": "text", "text": "what?"}
+
+
+def test_sampling_defaults_suit_the_loaded_llm_and_flags_still_win():
+    """The embedded 135M SmolLM2 gets a low temperature and a plain prompt; any other LLM the original's
+    defaults; a flag given explicitly wins either way."""
+    from llmvox.chat_flags import chat_flags, settings_from_args
+    from llmvox.llm.select import DEFAULT_SYSTEM_PROMPT, EMBEDDED_LLM_DEFAULTS
+
+    embedded = settings_from_args(chat_flags())
+    assert (embedded.temperature, embedded.top_p) == (0.2, 0.9)
+    assert embedded.system_prompt == EMBEDDED_LLM_DEFAULTS["system_prompt"]
+    other = settings_from_args(chat_flags({"llm_checkpoint": "meta-llama/Llama-3.1-8B-Instruct"}))
+    assert (other.temperature, other.top_p, other.top_k) == (0.7, 0.95, 40)
+    assert other.system_prompt == DEFAULT_SYSTEM_PROMPT
+    given = settings_from_args(chat_flags({"llm_temperature": 0.9, "system_prompt": "Be terse."}))
+    assert (given.temperature, given.system_prompt) == (0.9, "Be terse.")
+    assert settings_from_args(chat_flags({"system_prompt": ""})).system_prompt is None  # "" = no system prompt
