@@ -25,17 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from llmvox.bench.chat import QUESTIONS as CHAT_QUESTIONS
 from llmvox.bench.chat import _chat_turn
 from llmvox.bench.stream import ServerProcess, _pct
 from llmvox.codec.config import SAMPLE_RATE
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Why is the sky blue?",
-    "How do plants make their food?",
-    "What is a good way to learn a new language?",
-    "Why do we need sleep?",
-    "How far away is the moon?",
+QUESTIONS = CHAT_QUESTIONS + [  # the chat bench's six, then fourteen more
     "Can you tell me, in a few words, how a rainbow forms?",
     "What should I cook for dinner tonight?",
     "How many legs does a spider have?",

@@ -7,11 +7,9 @@ Other benchmarks (`bench stream`, `bench train`) live in their own modules and j
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from llmvox.cli.common import add_flag, command_group
+from llmvox.cli.common import add_flag, command_group, write_bench_results
 
 BENCH_HELP = "measure speed on this machine (results to a JSON file)"
 
@@ -49,7 +47,4 @@ def run_decoder(args: argparse.Namespace) -> int:
         codec = WavTokenizer(CodecConfig()).eval()
     result = run_decoder_bench(steps=args.steps, checkpoint=args.checkpoint, codec=codec,
                                log=lambda s: print(s, file=sys.stderr))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result)

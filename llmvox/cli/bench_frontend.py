@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from llmvox.cli.bench import BENCH_HELP
-from llmvox.cli.common import add_flag, command_group
+from llmvox.cli.common import add_flag, command_group, write_bench_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +31,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{kind:9s} {r['ms_per_word_median']:.3f} ms/word median, {r['ms_per_word_p95']:.3f} p95, "
               f"{r['ms_per_sentence_end_median']:.3f} ms per sentence end, "
               f"at most {r['words_held_back_max']} word(s) held back", file=sys.stderr)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from llmvox.cli.bench import BENCH_HELP
-from llmvox.cli.common import add_flag, command_group
+from llmvox.cli.common import add_flag, command_group, write_bench_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,10 +50,4 @@ def run(args: argparse.Namespace) -> int:
                                 extra_args=["--dtype", args.dtype],
                                 log=lambda s: print(s, file=sys.stderr))
     table = markdown_table(result)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result, table)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 
 from llmvox.cli.bench_stream import BENCH_HELP, _original_voice_args
-from llmvox.cli.common import add_flag, add_voice_args, command_group
+from llmvox.cli.common import add_flag, add_voice_args, command_group, write_bench_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,8 +48,4 @@ def run(args: argparse.Namespace) -> int:
     result = run_soak(seconds=args.seconds, concurrency=args.concurrency, warmup=args.warmup,
                       chat_type=args.chat_type, seed=args.seed, voice_args=voice_args,
                       log=lambda s: print(s, file=sys.stderr))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(summary_line(result))
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result, summary_line(result))

@@ -7,11 +7,16 @@ voice chat) and each turn's time to first audio includes ASR and the LLM's first
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from llmvox.cli.common import ORIGINAL_MODEL_FLAGS, add_flag, add_voice_args, command_group
+from llmvox.cli.common import (
+    ORIGINAL_MODEL_FLAGS,
+    add_flag,
+    add_voice_args,
+    command_group,
+    write_bench_results,
+)
 
 BENCH_HELP = "measure speed on this machine (results to a JSON file)"
 
@@ -127,10 +132,4 @@ def run(args: argparse.Namespace) -> int:
                                   chunk_policies=_policies(args.chunk_policy, args.url),
                                   extra_args=["--dtype", args.dtype], log=log)
         table = markdown_table(result)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result, table)

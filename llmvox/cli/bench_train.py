@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmvox.cli.common import add_flag, command_group
+from llmvox.cli.common import add_flag, command_group, write_bench_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bench_train(args: argparse.Namespace) -> int:
-    import json
     import sys
-    from pathlib import Path
 
     import torch
 
@@ -44,7 +42,4 @@ def run_bench_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = run_train_bench(sizes=sizes, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                              log=lambda s: print(s, file=sys.stderr))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return write_bench_results(args, result)

@@ -117,3 +117,20 @@ def command_group(subparsers: argparse._SubParsersAction, name: str, help_text: 
         parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
         parser._llmvox_group = group  # type: ignore[attr-defined]
     return parser._llmvox_group  # type: ignore[attr-defined]
+
+
+def write_bench_results(args: argparse.Namespace, result: dict, table: str | None = None) -> int:
+    """A benchmark's JSON to `--json` (folders made), its table to stdout and to `--markdown` if given."""
+    import json
+    import sys
+    from pathlib import Path
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if table is not None:
+        print(table)
+        if getattr(args, "markdown", None):
+            Path(args.markdown).write_text(table + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+

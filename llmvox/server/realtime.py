@@ -34,6 +34,7 @@ from llmvox.server.realtime_session import (
     parse_item,
     shown_item,
 )
+from llmvox.server.websocket import run_reader_and_writer
 
 log = logging.getLogger("llmvox.server.realtime")
 
@@ -126,20 +127,7 @@ class RealtimeSession:
     # ---- run -----------------------------------------------------------------------------------------
     async def run(self) -> None:
         self.send({"type": "session.created", "session": self._session_shape()})
-        writer = asyncio.create_task(self._writer())
-        reader = asyncio.create_task(self._reader())
-        try:
-            done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and not reader.exception() and not writer.done():
-                await writer
-            for task in done:
-                exc = task.exception()
-                if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
-                    raise exc
-        finally:
-            for task in (writer, reader):
-                task.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
+        await run_reader_and_writer(self._reader(), self._writer())
 
     async def _reader(self) -> None:
         idle = self.state.settings.idle_timeout

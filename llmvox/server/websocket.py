@@ -24,6 +24,7 @@ import json
 import logging
 import queue
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -80,6 +81,25 @@ async def ws_stream(ws: WebSocket) -> None:
     finally:
         session.close()
         log.info("websocket closed")
+
+
+async def run_reader_and_writer(reader: Coroutine[Any, Any, None], writer: Coroutine[Any, Any, None]) -> None:
+    """Run a socket's reader and writer until one ends: a reader that ends cleanly (the client said
+    "end") lets the writer finish what it has; a disconnect ends both; any other error is raised."""
+    writer_task, reader_task = asyncio.create_task(writer), asyncio.create_task(reader)
+    try:
+        done, _ = await asyncio.wait({writer_task, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+        if reader_task in done and reader_task.exception() is None and not writer_task.done():
+            await writer_task
+        for task in (writer_task, reader_task):
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
+                    raise exc
+    finally:
+        for task in (writer_task, reader_task):
+            task.cancel()
+        await asyncio.gather(writer_task, reader_task, return_exceptions=True)
 
 
 @dataclass
@@ -191,21 +211,7 @@ class _Session:
     async def run(self) -> None:
         await self.ws.send_json({"type": "ready", "request_id": self.rid, "sample_rate": self.rate,
                                  "channels": 1, "format": WS_FORMATS[self.fmt], "voice": self.voice})
-        writer = asyncio.create_task(self._writer())
-        reader = asyncio.create_task(self._reader())
-        try:
-            done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and reader.exception() is None and not writer.done():
-                await writer  # "end": the writer finishes the audio, sends "done" and closes
-            for task in (writer, reader):
-                if task.done() and not task.cancelled():
-                    exc = task.exception()
-                    if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
-                        raise exc
-        finally:
-            for task in (writer, reader):
-                task.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
+        await run_reader_and_writer(self._reader(), self._writer())
 
     async def _reader(self) -> None:
         idle = self.state.settings.idle_timeout
