@@ -791,3 +791,19 @@ def test_live_conversation_speaking_interrupts_the_answer(pausing_browser, live_
         ui.shot(shots, "live_interrupted")
         page.uncheck("#handsfree")
         ui.close()
+
+
+def test_the_word_being_heard_is_highlighted(browser, live_server):
+    """With a voice that has word timestamps (the embedded one), a text turn's answer is shown as its
+    spoken words, the one being heard highlighted while it plays, none once it has played."""
+    ui = live_page(browser, live_server, barge_in=False)
+    page = ui.page
+    page.click("#tab-text")
+    page.fill("#text-input", "Tell me about the moon.")
+    page.click("#send-text")
+    page.wait_for_selector(".turn .answer span.speaking", timeout=60_000)  # a word lit while it plays
+    page.wait_for_function("document.querySelectorAll('.turn .answer span.speaking').length === 0",
+                           timeout=60_000)
+    words = [t.strip() for t in page.locator(".turn .answer span").all_inner_texts()]
+    assert len(words) >= 3 and all(words)
+    ui.close()
