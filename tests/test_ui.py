@@ -783,7 +783,11 @@ def test_live_conversation_speaking_interrupts_the_answer(pausing_browser, live_
         ui.wait(f"s.live.turns[{index}].truncatedMs === s.live.turns[{index}].playedMs", 30_000)
         after = ui.stats()["live"]["turns"][index]
         assert after["buffers"] == turn["buffers"] and after["bytes"] == turn["bytes"]  # nothing played after
-        assert after["serverStatus"] == "cancelled" and after["metadata"] is not None  # response.done
+        # response.done: "cancelled" when the cut came while the server was still sending; "completed" when
+        # a fast machine had already sent all of it and the cut fell in the page's buffer (still truncated)
+        assert after["serverStatus"] in ("cancelled", "completed") and after["metadata"] is not None
+        if after["serverStatus"] == "completed":
+            assert turn["playedMs"] < received_ms
         assert live_transcript(live_server, after)["done"]
         print(f"barge-in: {turn['playedMs']} ms of {received_ms:.0f} ms received had played; "
               f"{len(ui.stats()['live']['turns'])} answers so far")
