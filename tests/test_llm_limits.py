@@ -215,8 +215,9 @@ def chat_app(smollm2):
     from llmvox.server.chat_routes import ChatState, chat_router
     from llmvox.server.metrics import Metrics
 
-    server = SimpleNamespace(metrics=Metrics(lambda: 0, lambda: 0, lambda: None), engine=None, slots=None, voices=None,
-                             engine_for=lambda voice: None,
+    no_voices = SimpleNamespace(voices={}, resolve=lambda voice, param: voice)  # resolves, but none loaded
+    server = SimpleNamespace(metrics=Metrics(lambda: 0, lambda: 0, lambda: None), engine=None, slots=None,
+                             voices=no_voices, engine_for=lambda voice: None,
                              draining=False, formats=["pcm", "wav"], sample_rate=24000)  # no voice: 503 to speak
     state = ChatState(llm=smollm2, server=server, settings=ChatSettings(max_tokens=8, temperature=0.0))
     app = FastAPI()

@@ -281,8 +281,7 @@ async def _complete(state: ChatState, body: CompletionRequest) -> Response:
 def _speak_turn(state: ChatState, utterance: Utterance, turn: ChatTurn, *, echo: bool = False) -> None:
     """Speak the turn's answer; with a voice that has an aligner its transcript also gets the words'
     times and the last word heard (`turn.spoken` is the stream they are read from)."""
-    voices = state.server.voices  # None: a server without voices (speaking is a 503)
-    aligner = getattr(voices.voices.get(utterance.voice) if voices is not None else None, "aligner", None)
+    aligner = getattr(state.server.voices.voices.get(utterance.voice), "aligner", None)
     turn.spoken = utterance.speak(turn.deltas(), request_id=turn.id, echo=echo, timestamps=aligner is not None)
 
 

@@ -59,8 +59,7 @@ class Utterance:
         state = self.state
         if state.draining:
             raise LLMVoXError("the server is shutting down", 503, code="shutting_down")
-        if state.voices is not None:  # None: a server without voices (503 when it would speak)
-            self.voice = state.voices.resolve(self.voice, self.voice_param)  # an unknown voice: 400, no slot taken
+        self.voice = state.voices.resolve(self.voice, self.voice_param)  # an unknown voice: 400, no slot taken
         if state.slots is not None:
             self._lease = await state.slots.acquire()
         return self

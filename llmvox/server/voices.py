@@ -83,8 +83,8 @@ class VoiceSet:
         if value.lower() in DEFAULT_NAMES:
             return self.default
         shown = value if len(value) <= MAX_NAME_CHARS else value[:MAX_NAME_CHARS] + "..."
-        raise LLMVoXError(f"unknown voice {shown!r}; this server has {', '.join(self.voices)} (default "
-                          f"{self.default}; OpenAI's names such as alloy speak with the default)", 400,
+        raise LLMVoXError(f"unknown voice {shown!r}; the voices here are: {', '.join(self.voices)} "
+                          f"(OpenAI's names such as alloy speak with the default, {self.default})", 400,
                           code="invalid_voice", param=param)
 
     def voice(self, value: Any = None, param: str = "voice") -> Voice:
