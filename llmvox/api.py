@@ -76,7 +76,8 @@ class LLMVoX(Voice):
                    max_audio_length=int(gen.get("max_audio_length", 8000)), eoa_id=int(ids.get("eoa", EOA_ID)),
                    device=device, name=config.get("name", Path(path).name),
                    frontend=frontend_from_config(config.get("text_frontend")), source=path,
-                   aligner=Aligner.from_config(config.get("aligner"), gpt.config.n_layer, gpt.config.n_head))
+                   aligner=Aligner.from_config(config.get("aligner"), gpt.config.n_layer, gpt.config.n_head),
+                   stored_dtype=stored_dtype(config))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | None = None,
@@ -162,6 +163,13 @@ def _pair(gpt, table: torch.Tensor, codec: Any, decoder_source: str, codec_sourc
         return SpeechDecoder(gpt, table, codec.codebook)
     except ValueError as exc:
         raise LLMVoXError(f"{decoder_source} and {codec_source} do not fit together: {exc}") from None
+
+
+def stored_dtype(config: dict) -> torch.dtype:
+    """The decoder weights' storage precision a bundle's config.json names (float32 when unnamed)."""
+    name = str(config.get("storage_dtype", "float32"))
+    dtype = getattr(torch, name, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def default_voice_path() -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmvox.bench.stream import ServerProcess, _measure_levels, _Playback, _voice_args
+from llmvox.bench.stream import ServerProcess, _measure_levels, _Playback, _voice_args, worker_args
 from llmvox.codec.config import SAMPLE_RATE
 
 CHAT_SAMPLE_BYTES = 4  # the chat endpoints stream float32 24 kHz
@@ -150,7 +150,7 @@ def _chat_summary(n: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_chat_bench(*, chat_type: str = "text", llm: str | None = None, concurrency: tuple[int, ...] = (1, 4),
                    turns: int = 3, codes_per_sentence: int = 150, url: str | None = None, bundle: str | None = None,
-                   voice_args: list[str] | None = None, num_workers: int = 2, threads: int | None = None,
+                   voice_args: list[str] | None = None, num_workers: int | None = None, threads: int | None = None,
                    llm_max_tokens: int = 96, llm_temperature: float = 0.0, api_key: str | None = None,
                    warmup: bool = True, extra_args: list[str] | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def run_chat_bench(*, chat_type: str = "text", llm: str | None = None, concurren
         if url is None:
             args = _voice_args(bundle, voice_args, Path(tmp.name), result, log)
             args += ["--max_audio_length", str(codes_per_sentence), "--eoa_token_id", "-1",
-                     "--num_workers", str(num_workers), "--max_streams", str(max(concurrency) + 4),
+                     *worker_args(num_workers), "--max_streams", str(max(concurrency) + 4),
                      "--max_queue", "64", "--queue_timeout", "600",
                      "--llm_max_tokens", str(llm_max_tokens), "--llm_temperature", str(llm_temperature)]
             if llm:

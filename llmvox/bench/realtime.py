@@ -27,7 +27,7 @@ import numpy as np
 
 from llmvox.bench.chat import QUESTIONS as CHAT_QUESTIONS
 from llmvox.bench.chat import _chat_turn
-from llmvox.bench.stream import ServerProcess, _pct
+from llmvox.bench.stream import ServerProcess, _pct, worker_args
 from llmvox.codec.config import SAMPLE_RATE
 
 QUESTIONS = CHAT_QUESTIONS + [  # the chat bench's six, then fourteen more
@@ -238,7 +238,7 @@ def turn_wer(questions: list[str], hypotheses: dict[str, list[str]]) -> dict[str
 
 
 def run_realtime_bench(*, concurrency: tuple[int, ...] = (1, 4), questions: list[str] | None = None,
-                       silence_ms: int = 500, bundle: str | None = None, num_workers: int = 2,
+                       silence_ms: int = 500, bundle: str | None = None, num_workers: int | None = None,
                        llm_max_tokens: int = 48, voicechat: bool = True, warmup: bool = True,
                        extra_args: list[str] | None = None, turn_timeout: float = 120.0,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def run_realtime_bench(*, concurrency: tuple[int, ...] = (1, 4), questions: list
     result["one_shot_asr"] = one_shot_asr(spoken)
     result["load_average_one_shot"] = list(os.getloadavg())
     args = (["--bundle", bundle] if bundle else []) + [
-        "--num_workers", str(num_workers), "--max_streams", str(2 * max(concurrency) + 4), "--max_queue", "64",
+        *worker_args(num_workers), "--max_streams", str(2 * max(concurrency) + 4), "--max_queue", "64",
         "--llm_max_tokens", str(llm_max_tokens), "--llm_temperature", "0", "--asr_model", "base",
         *(extra_args or [])]
     result["server_args"] = ["--chat_type", "voice", *args]

@@ -117,6 +117,11 @@ class ServerProcess:
         self.log.close()
 
 
+def worker_args(num_workers: int | None) -> list[str]:
+    """The server's `--num_workers` flag, or none: the server's own default (llmvox.device.default_workers)."""
+    return [] if num_workers is None else ["--num_workers", str(num_workers)]
+
+
 _Playback = PlayoutClock  # a listener's clock over bytes (llmvox.bench.chat uses it too)
 FRAME_RATE = 75  # codes per second of audio
 
@@ -211,7 +216,7 @@ def _summary(n: int, runs: list[dict[str, Any]], solo: bytes | None = None) -> d
 
 def run_stream_bench(*, concurrency: tuple[int, ...] = (1, 4, 16), sentences: int = 3,
                      codes_per_sentence: int = 150, url: str | None = None, bundle: str | None = None,
-                     num_workers: int = 2, threads: int | None = None, chunk_join: str = "context",
+                     num_workers: int | None = None, threads: int | None = None, chunk_join: str = "context",
                      api_key: str | None = None, warmup: bool = True, extra_args: list[str] | None = None,
                      voice_args: list[str] | None = None, chunk_policies: tuple[str, ...] = ("adaptive",),
                      log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -238,7 +243,7 @@ def run_stream_bench(*, concurrency: tuple[int, ...] = (1, 4, 16), sentences: in
         if url is None:
             args = _voice_args(bundle, voice_args, Path(tmp.name), result, log)
             args += ["--max_audio_length", str(codes_per_sentence), "--eoa_token_id", "-1",
-                    "--num_workers", str(num_workers), "--chunk_join", chunk_join,
+                    *worker_args(num_workers), "--chunk_join", chunk_join,
                     "--max_streams", str(max(concurrency) + 4), "--max_queue", "64"]
             if threads:
                 args += ["--threads", str(threads)]

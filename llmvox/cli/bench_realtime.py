@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from llmvox.cli.bench import BENCH_HELP
-from llmvox.cli.common import add_flag, command_group, write_bench_results
+from llmvox.cli.common import DECODER_DTYPES, add_flag, command_group, write_bench_results
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "silence_ms", type=int, default=500,
              help="the client's turn_detection.silence_duration_ms (default 500, OpenAI's)")
     add_flag(p, "bundle", metavar="DIR", help="the server's voice (default: the embedded one)")
-    add_flag(p, "num_workers", type=int, default=2)
-    add_flag(p, "dtype", choices=["float32", "bfloat16"], default="bfloat16", help="the server's decoder precision")
+    add_flag(p, "num_workers", type=int, default=None, help="the server's decoder workers (default: the server's)")
+    add_flag(p, "dtype", choices=list(DECODER_DTYPES), default="auto",
+             help="the server's decoder precision (default auto, as the server's)")
     add_flag(p, "llm_max_tokens", type=int, default=48, help="answer length cap in tokens (default 48)")
     add_flag(p, "no_voicechat", action="store_true", help="skip the /voicechat comparison")
     add_flag(p, "no_warmup", action="store_true", help="measure from the first turn (the caches start cold)")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llmvox.cli.common import (
+    DECODER_DTYPES,
     ORIGINAL_MODEL_FLAGS,
     add_flag,
     add_voice_args,
@@ -39,13 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_voice_args(p, device=False)
     add_flag(p, "url", help="measure a running server instead (its own settings apply)")
     add_flag(p, "api_key", help="the server's API key, if it has one")
-    add_flag(p, "num_workers", type=int, default=2)
+    add_flag(p, "num_workers", type=int, default=None, help="the server's decoder workers (default: the server's)")
     add_flag(p, "threads", type=int, default=None, help="torch threads per worker thread in the server")
     add_flag(p, "chunk_join", choices=["context", "original"], default="context")
     add_flag(p, "chunk_policy", default="adaptive", metavar="POLICY[,POLICY]",
              help="the server's chunk policy, or several comma-separated for an A/B in one run (one server "
                   "each, measured in turn at every level), e.g. adaptive,fixed (default adaptive; TTS only)")
-    add_flag(p, "dtype", choices=["float32", "bfloat16"], default="float32", help="the server's decoder precision")
+    add_flag(p, "dtype", choices=list(DECODER_DTYPES), default="auto",
+             help="the server's decoder precision (default auto, as the server's)")
     add_flag(p, "markdown", metavar="OUT.md", help="also write the README table here")
 
     g = p.add_argument_group("chat (time to first audio behind an LLM, and ASR for voice chat)")

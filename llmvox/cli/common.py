@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from llmvox.hub import RELEASED_CHECKPOINT, RELEASED_CODEC, RELEASED_G2P
 
+DECODER_DTYPES = ("auto", "float32", "bfloat16")  # --dtype of the server and its benchmarks (llmvox.device)
+
 if TYPE_CHECKING:
     from llmvox.api import LLMVoX
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 
-from llmvox.cli.common import add_flag, add_voice_args
+from llmvox.cli.common import DECODER_DTYPES, add_flag, add_voice_args
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
              help="max codes per sentence (default: the voice's, 8000 for the original)")
     add_flag(g, "tts_device_1", default=None, help="device of worker 1: cpu, cuda:N, or a GPU number as in the original")
     add_flag(g, "tts_device_2", default=None, help="device of worker 2 (default: --device)")
-    add_flag(g, "num_workers", type=int, default=2, help="workers (model replicas) that sentences alternate between")
+    add_flag(g, "num_workers", type=int, default=None,
+             help="workers (model replicas) that sentences alternate between (default 2, the original's two "
+                  "queues; 1 on a CPU of fewer than 4 cores, where one batched worker is faster)")
     add_flag(g, "max_batch", type=int, default=32, help="streams stepped together per worker (default 32)")
     add_flag(g, "threads", type=int, default=None, help="torch threads per worker thread (default: cores/(2*workers))")
     add_flag(g, "chunk_join", choices=["context", "original"], default="context",
@@ -41,9 +43,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                   "decoded alone, as the original server")
     add_flag(g, "context_frames", type=int, default=64, help="codes of left context per chunk decode (context join)")
     add_flag(g, "lookahead_frames", type=int, default=4, help="codes held back per chunk for the next decode")
-    add_flag(g, "dtype", choices=["float32", "bfloat16"], default="float32",
-             help="decoder precision: bfloat16 is about 2x faster on CPUs with AVX-512 BF16/AMX, float32 "
-                  "reproduces the original codes exactly (default)")
+    add_flag(g, "dtype", choices=list(DECODER_DTYPES), default="auto",
+             help="decoder precision; auto (default): the precision the voice's weights are stored in where the "
+                  "device computes it natively (bf16 bundles such as the embedded voice, on CPUs with AVX-512 "
+                  "BF16/AMX), else float32, which reproduces the original codes exactly")
     add_flag(g, "no_normalize", action="store_true", help="speak the text as written (no number/markdown expansion)")
     add_flag(g, "pad_token_id", type=int, default=384, help="PAD id fed after the text (default 384)")
     add_flag(g, "eoa_token_id", type=int, default=None, help="end-of-audio code (default: the voice's, 453)")
@@ -93,6 +96,12 @@ def device_flag(value: str | None, default: str) -> str:
     return f"cuda:{value}" if value.isdigit() else value
 
 
+def _default_workers(device: str) -> int:
+    from llmvox.device import default_workers
+
+    return default_workers(device)
+
+
 def settings_from_args(args: argparse.Namespace):
     from llmvox.engine.config import StreamConfig
     from llmvox.server.settings import ServerSettings
@@ -114,7 +123,8 @@ def settings_from_args(args: argparse.Namespace):
         max_text_chars=args.max_text_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         read_timeout=args.read_timeout, send_timeout=args.send_timeout, idle_timeout=args.idle_timeout,
         max_streams=args.max_streams, max_queue=args.max_queue,
-        queue_timeout=args.queue_timeout, num_workers=args.num_workers, devices=devices, max_batch=args.max_batch,
+        queue_timeout=args.queue_timeout, devices=devices,
+        num_workers=_default_workers(devices[0]) if args.num_workers is None else args.num_workers, max_batch=args.max_batch,
         threads=args.threads, stream=stream, shutdown_timeout=args.shutdown_timeout, pad_id=args.pad_token_id,
         chat_options=dict(vars(args)),
     ).validate()
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmvox.cli.serve_voices import load_voices
+    from llmvox.device import decoder_dtype
     from llmvox.server.app import create_app
     from llmvox.server.context import install_log_format
 
@@ -140,8 +151,11 @@ def run(args: argparse.Namespace) -> int:
     for tts in voices.values():
         if args.eoa_token_id is not None:
             tts.eoa_id = args.eoa_token_id
-        if args.dtype == "bfloat16":
-            tts.to_dtype(torch.bfloat16)
+        dtype = decoder_dtype(args.dtype, tts.stored_dtype, tts.device)  # before the workers copy the weights
+        if dtype != torch.float32:
+            tts.to_dtype(dtype)
+        logging.getLogger("llmvox.server").info("voice %s: decoder in %s, %d worker(s) x %d thread(s)", tts.name,
+                                                str(dtype).removeprefix("torch."), settings.num_workers, threads)
     app = create_app(settings, voices=voices, default_voice=default)
     logging.getLogger("llmvox.server").info("listening on http://%s:%d (%s)", settings.host, settings.port,
                                             _reach(settings.host))

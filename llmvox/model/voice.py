@@ -29,7 +29,7 @@ class Voice:
     def __init__(self, decoder: SpeechDecoder, codec: WavTokenizer | nn.Module, *, max_audio_length: int = 8000,
                  eoa_id: int = EOA_ID, device: str | torch.device | None = None, name: str = "llmvox",
                  frontend: TextFrontend | None = None, source: str | Path | None = None,
-                 aligner: Aligner | None = None):
+                 aligner: Aligner | None = None, stored_dtype: torch.dtype = torch.float32):
         self.device = resolve_device(device)
         self.decoder = decoder.to(self.device).eval()
         self.codec = codec.to(self.device).eval()
@@ -41,3 +41,4 @@ class Voice:
         self.frontend = frontend or ByteFrontend()  # how the decoder reads text (the bundle says)
         self.source = Path(source) if source is not None else None  # the bundle folder it was loaded from
         self.aligner = aligner  # the head word timestamps come from (None: this voice has none)
+        self.stored_dtype = stored_dtype  # the decoder weights' precision on disk (`--dtype auto` computes in it)
