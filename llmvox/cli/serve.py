@@ -96,13 +96,8 @@ def device_flag(value: str | None, default: str) -> str:
     return f"cuda:{value}" if value.isdigit() else value
 
 
-def _default_workers(device: str) -> int:
-    from llmvox.device import default_workers
-
-    return default_workers(device)
-
-
 def settings_from_args(args: argparse.Namespace):
+    from llmvox.device import default_workers
     from llmvox.engine.config import StreamConfig
     from llmvox.server.settings import ServerSettings
 
@@ -123,8 +118,8 @@ def settings_from_args(args: argparse.Namespace):
         max_text_chars=args.max_text_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         read_timeout=args.read_timeout, send_timeout=args.send_timeout, idle_timeout=args.idle_timeout,
         max_streams=args.max_streams, max_queue=args.max_queue,
-        queue_timeout=args.queue_timeout, devices=devices,
-        num_workers=_default_workers(devices[0]) if args.num_workers is None else args.num_workers, max_batch=args.max_batch,
+        queue_timeout=args.queue_timeout, devices=devices, max_batch=args.max_batch,
+        num_workers=default_workers(devices[0]) if args.num_workers is None else args.num_workers,
         threads=args.threads, stream=stream, shutdown_timeout=args.shutdown_timeout, pad_id=args.pad_token_id,
         chat_options=dict(vars(args)),
     ).validate()
