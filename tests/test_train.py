@@ -662,6 +662,48 @@ def test_phoneme_ctc_trains_a_head_kept_outside_the_model_and_resumes_exactly(wo
         assert message in capsys.readouterr().err
 
 
+def test_a_bundle_keeps_its_phoneme_ctc_head_and_a_warm_start_without_one_fits_it_alone(world, tmp_path, capsys):
+    pytest.importorskip("hibari")
+    from llmvox.train.checkpoints import CTC_HEAD_FILE
+
+    common = ["train", "--data_path", str(world["cache"]), *TINY, "--batch_size", "4", "--learning_rate", "3e-3",
+              "--warmup_iters", "5", "--val_fraction", "0.3", "--log_interval", "5", "--dtype", "float32",
+              "--eval_interval", "20", "--phoneme_ctc_weight", "1", "--phoneme_ctc_layer", "0", *codec_args(world)]
+    bundle = tmp_path / "bundle"
+    assert main([*common, "--out_dir", str(tmp_path / "run"), "--max_iters", "40", "--export_bundle", str(bundle)]) == 0
+    trained = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert json.loads((bundle / "config.json").read_text())["training"]["phoneme_ctc_layer"] == 0
+    from safetensors.torch import load_file
+
+    kept = load_file(bundle / CTC_HEAD_FILE)
+    for key, value in trained["phoneme_ctc"]["head"].items():
+        assert torch.equal(kept[key], value)
+    capsys.readouterr()
+    # a warm start from the bundle continues that head (and does not fit a new one)
+    warm = tmp_path / "warm"
+    assert main([*common, "--out_dir", str(warm), "--max_iters", "0", "--init_from", str(bundle),
+                 "--phoneme_ctc_head_warmup", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "head from the warm start" in err and "fitted alone" not in err
+    assert torch.equal(torch.load(warm / "ckpt.pt", weights_only=True)["phoneme_ctc"]["head"]["weight"],
+                       trained["phoneme_ctc"]["head"]["weight"])
+    # without the head file, --phoneme_ctc_head_warmup fits a new head on the frozen decoder first
+    (bundle / CTC_HEAD_FILE).unlink()
+    fresh = tmp_path / "fresh"
+    assert main([*common, "--out_dir", str(fresh), "--max_iters", "0", "--init_from", str(bundle),
+                 "--phoneme_ctc_head_warmup", "30"]) == 0
+    line = next(s for s in capsys.readouterr().err.splitlines() if "fitted alone" in s)
+    before, after = (float(x) for x in line.split(": ")[-1].split(" nats")[0].split(" -> "))
+    assert "for 30 steps" in line and after < 0.7 * before
+    fitted = torch.load(fresh / "ckpt.pt", weights_only=True)
+    for key, value in trained["model"].items():  # the decoder did not move; the head did
+        torch.testing.assert_close(fitted["model"][key], value, atol=0, rtol=0)
+    assert not torch.equal(fitted["phoneme_ctc"]["head"]["weight"], trained["phoneme_ctc"]["head"]["weight"])
+    assert main([*common, "--out_dir", str(tmp_path / "bad"), "--max_iters", "1", "--phoneme_ctc_weight", "0",
+                 "--phoneme_ctc_head_warmup", "5"]) == 2
+    assert "--phoneme_ctc_head_warmup needs the phoneme CTC target" in capsys.readouterr().err
+
+
 def test_a_phoneme_voice_trains_on_its_front_ends_ids_and_its_bundle_says_so(world, tmp_path, capsys):
     pytest.importorskip("hibari")
     from llmvox.api import LLMVoX

@@ -95,6 +95,8 @@ case "$stage" in
       --dtype bfloat16 "$@"
     mkdir -p voice/milestones/decoder
     cp "$tmp/bundle/config.json" "$tmp/bundle/decoder.safetensors" voice/milestones/decoder/
+    rm -f voice/milestones/decoder/phoneme_ctc.safetensors  # the CTC head, when the run trains one
+    [ -f "$tmp/bundle/phoneme_ctc.safetensors" ] && cp "$tmp/bundle/phoneme_ctc.safetensors" voice/milestones/decoder/
     rm -rf "$tmp" ;;
   export)
     # the decoder's latest checkpoint + the committed (evaluated) codec milestone -> the shipped bundle

@@ -4,7 +4,9 @@ The format is the original `torch.save` dict (`model`, `model_args`, `iter_num`,
 `config`) plus the keys that make a run resumable bit for bit: `text_embedding` (the learned text
 table), `llmvox` (what the decoder was trained on), `train_state` (data position, every rank's RNG,
 the grad scaler, counters) and, with the phoneme CTC loss, `phoneme_ctc`. A bundle folder reads as a
-checkpoint without optimizer state (a warm start from a committed milestone).
+checkpoint without optimizer state (a warm start from a committed milestone); a bundle exported from a
+run with the CTC loss keeps its head (`phoneme_ctc.safetensors`, training only: inference never reads
+it) so that a warm start continues the head instead of shocking the decoder with a random one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from llmvox.train.phonemes import PhonemeCTC
 
 CHECKPOINT_VERSION = 1
+CTC_HEAD_FILE = "phoneme_ctc.safetensors"  # in a bundle: the phoneme CTC head, for warm starts
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -58,10 +61,15 @@ def _bundle_as_checkpoint(folder: Path) -> dict[str, Any]:
     if table is None or "decoder" not in config:
         raise LLMVoXError(f"{folder} is not a decoder bundle (no 'decoder' config or text table)")
     training = config.get("training", {})
-    return {"model": model, "model_args": dict(config["decoder"]), "text_embedding": table,
+    ckpt = {"model": model, "model_args": dict(config["decoder"]), "text_embedding": table,
             "iter_num": int(training.get("iter_num", 0)),
             "llmvox": {"codec_fingerprint": training.get("codec_fingerprint"),
                        "text_frontend": config.get("text_frontend") or {"kind": "byt5"}}}
+    head = folder / CTC_HEAD_FILE
+    if head.is_file() and "phoneme_ctc_layer" in training:
+        ckpt["phoneme_ctc"] = {"layer": int(training["phoneme_ctc_layer"]),
+                               "head": {k: v.float() for k, v in read_bundle_tensors(head).items()}}
+    return ckpt
 
 
 def starting_checkpoint(cfg: TrainConfig, ckpt_path: Path) -> tuple[dict[str, Any] | None, bool]:
@@ -232,4 +240,16 @@ def export_bundle_from_checkpoint(ckpt_path: str | os.PathLike, codec, out_dir: 
              "training": {"iter_num": int(ckpt.get("iter_num", 0)), "codec_fingerprint": expected}}
     if meta.get("text_frontend", {}).get("kind", "byt5") != "byt5":
         extra["text_frontend"] = meta["text_frontend"]
-    return save_bundle(out_dir, gpt, table, codec, dtype=dtype, extra_config=extra)
+    ctc = ckpt.get("phoneme_ctc")
+    if ctc:
+        extra["training"]["phoneme_ctc_layer"] = int(ctc["layer"])
+    folder = save_bundle(out_dir, gpt, table, codec, dtype=dtype, extra_config=extra)
+    head = folder / CTC_HEAD_FILE
+    if ctc:  # fp32: 68 K parameters, and a warm start continues exactly this head
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in ctc["head"].items()}, str(head))
+        head.chmod(0o644)
+    else:
+        head.unlink(missing_ok=True)  # a re-export over an older bundle must not keep a stale head
+    return folder

@@ -77,6 +77,7 @@ class TrainConfig:
     phoneme_ctc_weight: float = 0.0  # > 0: a training-only CTC head must spell the teacher's phonemes
     phoneme_ctc_layer: int | None = None  # whose hidden states it reads (default: the middle layer)
     phoneme_ctc_after_text: bool = False  # the head reads only the steps after the text (no copying)
+    phoneme_ctc_head_warmup: int = 0  # a warm start without a head: fit it alone for N steps first
     text_frontend: str = "byt5"  # how the decoder reads its text: byt5 (bytes, the original) or phonemes
     # evaluation, checkpoints, logs
     eval_interval: int = 500
@@ -155,6 +156,10 @@ def _check_auxiliary_losses(cfg: TrainConfig) -> None:
         raise LLMVoXError("--phoneme_ctc_weight must be >= 0")
     if cfg.phoneme_ctc_after_text and cfg.phoneme_ctc_weight <= 0:
         raise LLMVoXError("--phoneme_ctc_after_text needs the phoneme CTC target (--phoneme_ctc_weight > 0)")
+    if cfg.phoneme_ctc_head_warmup < 0:
+        raise LLMVoXError("--phoneme_ctc_head_warmup must be >= 0")
+    if cfg.phoneme_ctc_head_warmup and cfg.phoneme_ctc_weight <= 0:
+        raise LLMVoXError("--phoneme_ctc_head_warmup needs the phoneme CTC target (--phoneme_ctc_weight > 0)")
     if cfg.phoneme_ctc_weight > 0 and cfg.compile:
         raise LLMVoXError("--phoneme_ctc_weight does not work with --compile (its hook would be compiled away)")
 

@@ -9,14 +9,16 @@ what the teacher actually said. Every audio state must then know which phone it 
 is both a pronunciation target and an alignment to what has been said so far (text always arrives
 before its speech, so the target is causal).
 
-The head lives only in training checkpoints (key `phoneme_ctc`); the decoder, its bundle and its
-inference are unchanged.
+The head lives in training checkpoints (key `phoneme_ctc`) and, for warm starts, beside an exported
+bundle's decoder; the decoder and its inference are unchanged. A warm start from weights without a
+head first fits a new one alone (`fit_head`): a random head's loss (~17 nats per phoneme against the
+decoder's ~1.1) would otherwise reshape the layers it reads before it has learned anything.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from llmvox.train.batching import IGNORE_INDEX, Batch
 from llmvox.train.text_ids import stored_id_table
 
 BLANK = 0  # the g2p's own padding id (never a phoneme) is CTC's blank
+HEAD_FIT_LR = 1e-3  # the rate of a head fitted alone: a linear probe, whatever the decoder's rate
 PHONEME_TABLE_FILE = "phonemes.npz"  # the g2p's output for a run's corpus, next to its checkpoint
 
 
@@ -116,6 +119,40 @@ class PhonemeCTC:
         targets = [torch.from_numpy(self.phonemes[rows[k]]) for k in keep]
         return F.ctc_loss(logp, torch.cat(targets).to(hidden.device), steps,
                           torch.tensor([len(t) for t in targets]), blank=BLANK, zero_infinity=True)
+
+
+def fit_head(ctc: PhonemeCTC, optimizer: torch.optim.Optimizer, model: nn.Module,
+             steps: Iterable[list[Batch]], ctx: contextlib.AbstractContextManager,
+             grad_clip: float = 1.0) -> list[float]:
+    """Train only the head, on the states of a frozen decoder, one optimizer step per item of `steps`
+    (its micro-batches); returns each step's mean CTC loss. The head's AdamW moments form here too."""
+    from llmvox.train.distributed import average_gradients
+
+    params = list(ctc.head.parameters())
+    for group in optimizer.param_groups:
+        group["lr"] = HEAD_FIT_LR
+    was_training = model.training
+    model.eval()
+    losses = []
+    try:
+        for batches in steps:
+            total = 0.0
+            for batch in batches:
+                with torch.no_grad(), ctx, ctc.recording():
+                    model(batch.text_ids, batch.prev_codes)
+                with ctx:
+                    loss = ctc.batch_loss(batch)
+                (loss / len(batches)).backward()
+                total += float(loss.detach())
+            average_gradients(params)
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total / len(batches))
+    finally:
+        model.train(was_training)
+    return losses
 
 
 def phoneme_table(texts: Sequence[str], store: Path | None = None) -> tuple[list[np.ndarray], int]:

@@ -62,7 +62,7 @@ from llmvox.train.decoder_init import build_decoder, choose_text_frontend
 from llmvox.train.distributed import DistEnv, process_group, set_thread_count, setup_distributed, wrap_ddp
 from llmvox.train.logs import RunLog, StopOnSignal, log
 from llmvox.train.optim import ADAM_EPS, autocast_context, lr_for_iter, make_optimizer, optimizer_step, set_lr
-from llmvox.train.phonemes import PHONEME_TABLE_FILE, PhonemeCTC, phoneme_table
+from llmvox.train.phonemes import PHONEME_TABLE_FILE, PhonemeCTC, fit_head, phoneme_table
 from llmvox.train.training_data import TrainingData, load_codec_source, open_code_cache, read_with_frontend
 
 
@@ -131,13 +131,15 @@ class Trainer:
         data = TrainingData(cache, cfg, max_len, env, self._info)
         ctx = autocast_context(device.type, dtype)
         guide = self._guided_attention(gpt)
-        ctc, ctc_optimizer = self._phoneme_ctc(gpt, cache, max_len, resume_from)
+        ctc, ctc_optimizer, head_is_new = self._phoneme_ctc(gpt, cache, max_len, ckpt, resumed)
         aux = [a for a in (guide, ctc) if a is not None]
         aux_optimizers = [ctc_optimizer] if ctc is not None else []
         evaluate = functools.partial(held_out_loss, decoder, data, ctx, ctc, env)
         self._describe(decoder, frozen, cache, data, dtype, progress.iter_num)
         if cfg.eval_only:
             return self._eval_only(evaluate, progress.iter_num)
+        if head_is_new and cfg.phoneme_ctc_head_warmup and ckpt is not None:
+            self._fit_ctc_head(ctc, ctc_optimizer, decoder, data, ctx)
 
         run_log = RunLog(cfg, self.out_dir, progress.iter_num, resumed, progress.wandb_run_id, env.master,
                          self._info)
@@ -247,14 +249,17 @@ class Trainer:
                    f"sigma {cfg.guided_attn_sigma})")
         return guide
 
-    def _phoneme_ctc(self, gpt: GPT, cache, max_len: int,
-                     resumed: dict | None) -> tuple[PhonemeCTC | None, torch.optim.Optimizer | None]:
-        """The phoneme CTC loss and its head's optimizer (None when off); a resumed run continues the head."""
+    def _phoneme_ctc(self, gpt: GPT, cache, max_len: int, ckpt: dict | None, resumed: bool
+                     ) -> tuple[PhonemeCTC | None, torch.optim.Optimizer | None, bool]:
+        """The phoneme CTC loss, its head's optimizer (None when off) and whether the head is new.
+
+        A resumed run continues its head and the head's optimizer; a warm start continues the head its
+        weights came with (a bundle exported from a CTC run keeps it)."""
         cfg = self.cfg
         if cfg.phoneme_ctc_weight <= 0:
-            return None, None
+            return None, None, False
         layer = gpt.config.n_layer // 2 if cfg.phoneme_ctc_layer is None else cfg.phoneme_ctc_layer
-        saved = (resumed or {}).get("phoneme_ctc")
+        saved = (ckpt or {}).get("phoneme_ctc")
         if saved and saved["layer"] != layer:
             raise LLMVoXError(f"the checkpoint's phoneme CTC head reads layer {saved['layer']}, not {layer}")
         start = time.perf_counter()
@@ -269,13 +274,27 @@ class Trainer:
                                 eps=ADAM_EPS, weight_decay=0.0)
         if saved:
             ctc.head.load_state_dict(saved["head"])
-            opt.load_state_dict(saved["optimizer"])
+            if resumed:
+                opt.load_state_dict(saved["optimizer"])
         counts = [len(p) for p in phonemes]
         where = ", after the text" if cfg.phoneme_ctc_after_text else ""
+        origin = ("; head resumed" if resumed else "; head from the warm start") if saved else ""
         self._info(f"phoneme CTC on layer {layer}{where} (weight {cfg.phoneme_ctc_weight}): {vocab} symbols, "
                    f"{np.mean(counts):.0f} phonemes per utterance, {int(complete.sum())}/{len(cache)} scored; "
-                   f"g2p took {time.perf_counter() - start:.1f} s" + ("; head resumed" if saved else ""))
-        return ctc, opt
+                   f"g2p took {time.perf_counter() - start:.1f} s{origin}")
+        return ctc, opt, not saved
+
+    def _fit_ctc_head(self, ctc: PhonemeCTC, optimizer: torch.optim.Optimizer, model: nn.Module,
+                      data: TrainingData, ctx: contextlib.AbstractContextManager) -> None:
+        """--phoneme_ctc_head_warmup N on a warm start without a head: N head-only steps over the first
+        batches of the data order (which the run then trains on as usual)."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        steps = (data.step_batches(k * cfg.gradient_accumulation_steps) for k in range(cfg.phoneme_ctc_head_warmup))
+        losses = fit_head(ctc, optimizer, model, steps, ctx, cfg.grad_clip)
+        self._info(f"phoneme CTC head fitted alone (decoder frozen) for {len(losses)} steps in "
+                   f"{time.perf_counter() - start:.0f} s: {losses[0]:.2f} -> {np.mean(losses[-10:]):.3f} nats per "
+                   "phoneme (mean of the last 10)")
 
     def _describe(self, decoder: SpeechDecoder, frozen: bool, cache, data: TrainingData, dtype: torch.dtype,
                   iter_num: int) -> None:
