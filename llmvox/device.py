@@ -50,6 +50,14 @@ def decoder_dtype(choice: str, stored: torch.dtype, device: torch.device) -> tor
     return getattr(torch, choice)
 
 
+def set_decoder_dtype(voice, choice: str) -> torch.dtype:
+    """Put a loaded voice's decoder in the precision `--dtype` names (`decoder_dtype`); returns it."""
+    dtype = decoder_dtype(choice, voice.stored_dtype, voice.device)
+    if dtype != torch.float32:
+        voice.to_dtype(dtype)
+    return dtype
+
+
 def default_workers(device: str | torch.device) -> int:
     """Decoder workers per server: two (the original's two queues) on a GPU or a CPU of 4+ cores, one on
     a smaller CPU, where each worker's decoder and codec thread already fill the cores: two workers

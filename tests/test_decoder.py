@@ -213,3 +213,30 @@ def test_decoder_bench_reports_rates_ceilings_and_profile():
     assert result["batch16_precision"] in ("fp32", "bf16")
     assert result["batch16_fraction_of_ceiling"] == result[result["batch16_precision"]]["batch16_fraction_of_ceiling"]
     assert result["speedup_vs_original_loop"] > 0
+
+
+def test_decoder_bench_times_a_bundles_own_voice(tmp_path, capsys):
+    """`llmvox bench decoder --bundle DIR` times that voice's decoder (its sizes, text table and codebook),
+    with its own codec in the original loop; --bundle and --checkpoint together are refused."""
+    import json
+
+    from llmvox.bundle import save_bundle
+    from llmvox.cli import main
+    from llmvox.codec.config import CodecConfig
+    from llmvox.codec.wavtokenizer import WavTokenizer
+
+    torch.manual_seed(0)
+    codec = WavTokenizer(CodecConfig(encoder_filters=4, encoder_dimension=32, encoder_lstm_layers=1,
+                                     codebook_size=512, backbone_dim=32, backbone_intermediate_dim=64,
+                                     backbone_layers=1)).eval()
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=256, vocab_size=512)).eval()
+    bundle = save_bundle(tmp_path / "voice", gpt, torch.randn(386, 32), codec)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "decoder", "--bundle", str(bundle), "--with_codec", "--steps", "10", "--threads", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["weights"] == f"bundle {bundle}"
+    assert result["model"]["n_embd"] == 64 and result["model"]["vocab_size"] == 512
+    assert result["single_stream_tokens_per_s"] > 0 and result["original_loop_tokens_per_s"] > 0
+    assert main(["bench", "decoder", "--bundle", str(bundle), "--checkpoint", "x.pt", "--json", str(out)]) == 2
+    assert "give --checkpoint or --bundle, not both" in capsys.readouterr().err

@@ -118,6 +118,7 @@ def test_eval_end_to_end_with_real_whisper_teacher_and_codec(tiny_bundle, tmp_pa
     assert result["teacher_wer"] <= 0.1
     # a random decoder and a random codec produce no words
     assert result["wer"] >= 0.8 and result["codec_wer"] >= 0.8
+    assert result["decoder_dtype"] == "float32"  # a float32 bundle under --dtype auto: the original's precision
     assert len(result["sentences"]) == 2
     row = result["sentences"][1]
     assert row["spoken"] == "I have three cats and two dogs." and row["reference"] == "i have three cats and two dogs"

@@ -86,3 +86,25 @@ def test_a_voice_knows_the_precision_its_weights_are_stored_in(tmp_path):
     gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=512)).eval()
     save_bundle(tmp_path / "fp32", gpt, torch.randn(386, 32), codec)
     assert LLMVoX.from_bundle(tmp_path / "fp32").stored_dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_set_decoder_dtype_moves_the_embedded_voice_only_where_bf16_is_native(monkeypatch, native):
+    from llmvox.device import set_decoder_dtype
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    voice = LLMVoX.from_bundle(default_voice_path())
+    want = torch.bfloat16 if native else torch.float32
+    assert set_decoder_dtype(voice, "auto") == want
+    assert {p.dtype for p in voice.decoder.gpt.parameters()} == {want}
+
+
+@pytest.mark.parametrize("command", [["synthesize", "--text", "hi", "--out", "x.wav"], ["eval", "--json", "x.json", "--sentences", "s.txt"],
+                                     ["serve"], ["bench", "stream", "--json", "x.json"]])
+def test_every_command_that_loads_a_voice_defaults_to_auto_precision(command):
+    from llmvox.cli import build_parser
+
+    args = build_parser().parse_args(command)
+    assert args.dtype == "auto"
+    with pytest.raises(SystemExit):  # the choices are the same everywhere
+        build_parser().parse_args([*command, "--dtype", "float16"])

@@ -804,8 +804,6 @@ def test_live_conversation_speaking_interrupts_the_answer(pausing_browser, live_
         ui.close()
 
 
-@pytest.mark.xfail(strict=False, reason="flaky on this machine in session 9 (it also fails at da26d8e, where it had "
-                   "passed): the transcript's words sometimes arrive after the answer has played; under investigation")
 def test_the_word_being_heard_is_highlighted(browser, live_server):
     """With a voice that has word timestamps (the embedded one), a text turn's answer is shown as its
     spoken words, the one being heard highlighted while it plays, none once it has played. Hands-free

@@ -104,6 +104,28 @@ def test_word_steps_follow_the_read_position():
         Aligner.from_config({"layer": 9, "head": 0}, 6, 6)
 
 
+def test_a_transcript_says_when_its_words_are_complete(embedded):
+    """A chat transcript's text is done when the LLM stops, seconds before its speech is: `words_done`
+    tells a client (the browser UI polls it) to keep reading the word times until the stream has
+    finished, when every word is there."""
+    from llmvox.engine.engine import SpeechEngine
+    from llmvox.engine.word_times import transcript_words
+
+    with SpeechEngine(embedded, num_workers=1, threads=1,
+                      config=StreamConfig(max_audio_length=400, word_timestamps=True)) as engine:
+        stream = engine.open()
+        stream.feed(TEXT)
+        stream.end()
+        snapshot = {"answer": TEXT, "done": True}  # the LLM's part is over
+        early = transcript_words(snapshot, stream)
+        assert early["words_done"] is False and len(early["words"]) < len(_words(TEXT))
+        audio = sum(len(c.samples) for c in stream.chunks(timeout=120))
+        late = transcript_words(snapshot, stream)
+    assert late["words_done"] is True
+    check_words(late["words"], TEXT, audio / 24000)
+    assert transcript_words(snapshot, None) == snapshot  # a stream without times: the text alone
+
+
 # ---- transports ----------------------------------------------------------------------------------
 
 
@@ -240,4 +262,4 @@ def test_chat_transcript_has_the_spoken_words(embedded):
     spoken = [w["word"] for w in words]
     assert difflib.SequenceMatcher(a=spoken, b=normalize(turn["answer"]).split()).ratio() > 0.8, (spoken, turn)
     check_words(words, " ".join(spoken), len(r.content) / 4 / 24000)
-    assert turn["last_word"] == words[-1]
+    assert turn["last_word"] == words[-1] and turn["words_done"] is True

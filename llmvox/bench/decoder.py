@@ -244,9 +244,16 @@ def memory_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
 
 def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batches: tuple[int, ...] = (1, 4, 16),
                       codec: Any | None = None, log: Callable[[str], None] = print,
-                      config: GPTConfig = RELEASED) -> dict[str, Any]:
-    """All decoder figures, as one JSON-ready dict (random weights of `config` unless `checkpoint`)."""
-    if checkpoint:
+                      config: GPTConfig = RELEASED, bundle: str | None = None) -> dict[str, Any]:
+    """All decoder figures, as one JSON-ready dict: random weights of `config`, or a `checkpoint`'s
+    decoder, or a `bundle`'s (its decoder, text table and codebook). With a `codec`, the original loop
+    also decodes its chunks."""
+    if bundle:
+        from llmvox.bundle import load_bundle_parts
+
+        _, gpt, table, bundle_codec = load_bundle_parts(bundle)
+        decoder = SpeechDecoder(gpt, table, bundle_codec.codebook).eval()
+    elif checkpoint:
         from llmvox.model.checkpoint import load_llmvox_checkpoint
 
         gpt = load_llmvox_checkpoint(checkpoint)
@@ -257,6 +264,7 @@ def run_decoder_bench(*, steps: int = 200, checkpoint: str | None = None, batche
         decoder = random_decoder(config)
     cfg = decoder.gpt.config
     result: dict[str, Any] = {
+        "weights": f"bundle {bundle}" if bundle else f"checkpoint {checkpoint}" if checkpoint else "random",
         "model": cfg.to_dict(),
         "params": decoder.gpt.num_params(non_embedding=False),
         "steps": steps,

@@ -23,9 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "json", metavar="OUT.json", required=True, help="write the results here")
     add_flag(p, "steps", type=int, default=200, help="decoder steps per measurement (default 200)")
     add_flag(p, "checkpoint", metavar="PATH", help="an LLMVoX checkpoint (default: random released-size weights)")
+    add_flag(p, "bundle", metavar="DIR", help="time a bundle's decoder instead (e.g. llmvox/voices/default: the "
+             "embedded voice); with --with_codec its own codec decodes the original loop's chunks")
     add_flag(p, "threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_flag(p, "with_codec", action="store_true",
-             help="include the full-size codec's chunk decodes in the original-loop figure")
+             help="include codec chunk decodes in the original-loop figure (full-size codec, or the bundle's)")
     p.set_defaults(func=run_decoder)
 
 
@@ -37,14 +39,20 @@ def run_decoder(args: argparse.Namespace) -> int:
 
     if args.steps < 10:
         raise LLMVoXError("--steps must be at least 10")
+    if args.bundle and args.checkpoint:
+        raise LLMVoXError("give --checkpoint or --bundle, not both")
     if args.threads:
         torch.set_num_threads(args.threads)
     codec = None
-    if args.with_codec:
+    if args.with_codec and args.bundle:
+        from llmvox.bundle import load_bundle_codec
+
+        codec = load_bundle_codec(args.bundle).eval()
+    elif args.with_codec:
         from llmvox.codec.config import CodecConfig
         from llmvox.codec.wavtokenizer import WavTokenizer
 
         codec = WavTokenizer(CodecConfig()).eval()
-    result = run_decoder_bench(steps=args.steps, checkpoint=args.checkpoint, codec=codec,
+    result = run_decoder_bench(steps=args.steps, checkpoint=args.checkpoint, bundle=args.bundle, codec=codec,
                                log=lambda s: print(s, file=sys.stderr))
     return write_bench_results(args, result)

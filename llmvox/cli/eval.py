@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmvox.cli.common import add_flag, add_voice_args
+from llmvox.cli.common import DECODER_DTYPES, add_flag, add_voice_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "threads", type=int, default=2, help="CPU threads for Whisper and the teacher (default 2)")
     add_flag(p, "limit", type=int, default=None, help="only the first N sentences")
     add_flag(p, "max_audio_length", type=int, default=None, help="max codes per sentence for the voice")
-    add_flag(p, "dtype", choices=["float32", "bfloat16"], default="float32", help="voice decoder precision")
+    add_flag(p, "dtype", choices=list(DECODER_DTYPES), default="auto",
+             help="voice decoder precision: auto = the stored precision where native, else float32 (default auto)")
     add_flag(p, "raw_text", action="store_true",
              help="feed the sentences as written (default: their spoken form, numbers as words)")
     add_flag(p, "no_progress", action="store_true", help="no progress bars")
@@ -43,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
     from llmvox.asr.whisper import WhisperASR
     from llmvox.bench.intelligibility import evaluate, read_sentences
     from llmvox.cli.common import load_voice
+    from llmvox.device import set_decoder_dtype
     from llmvox.errors import LLMVoXError
 
     out = Path(args.json)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise LLMVoXError("--limit must be at least 1")
     sentences = read_sentences(args.sentences)[: args.limit]
     wav_dir = Path(args.wav_dir) if args.wav_dir else out.with_name(out.stem + "_wavs")
-    voice = codec = None
+    voice = codec = dtype = None
     if args.codec:
         voice_flags = [f"--{n}" for n in ("bundle", "llmvox_checkpoint_path", "wav_model_path") if getattr(args, n, None)]
         if voice_flags or args.codec_resynthesis:
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         voice = load_voice(args)
         if args.max_audio_length:
             voice.max_audio_length = args.max_audio_length
-        if args.dtype == "bfloat16":
-            voice.to_dtype(torch.bfloat16)
+        dtype = set_decoder_dtype(voice, args.dtype)
         if args.codec_resynthesis:
             codec = voice.codec
     teacher = None
@@ -84,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                       asr=asr, wav_dir=wav_dir, spoken_input=not args.raw_text, progress=not args.no_progress,
                       log=lambda s: print(s, file=sys.stderr))
     result["voice"] = getattr(voice, "name", "voice") if voice is not None else None
+    result["decoder_dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
     result["codec"] = str(args.codec) if args.codec else None
     result["teacher"] = teacher_name
     result["asr"] = {"model": str(asr.model_dir), "engine": "faster-whisper", "beam_size": args.beam_size,

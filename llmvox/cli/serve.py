@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmvox.cli.serve_voices import load_voices
-    from llmvox.device import decoder_dtype
+    from llmvox.device import set_decoder_dtype
     from llmvox.server.app import create_app
     from llmvox.server.context import install_log_format
 
@@ -146,9 +146,7 @@ def run(args: argparse.Namespace) -> int:
     for tts in voices.values():
         if args.eoa_token_id is not None:
             tts.eoa_id = args.eoa_token_id
-        dtype = decoder_dtype(args.dtype, tts.stored_dtype, tts.device)  # before the workers copy the weights
-        if dtype != torch.float32:
-            tts.to_dtype(dtype)
+        dtype = set_decoder_dtype(tts, args.dtype)  # before the workers copy the weights
         logging.getLogger("llmvox.server").info("voice %s: decoder in %s, %d worker(s) x %d thread(s)", tts.name,
                                                 str(dtype).removeprefix("torch."), settings.num_workers, threads)
     app = create_app(settings, voices=voices, default_voice=default)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from llmvox.cli.common import add_flag, add_voice_args, load_voice
+from llmvox.cli.common import DECODER_DTYPES, add_flag, add_voice_args, load_voice
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flag(p, "max_audio_length", type=int, default=None, help="max codes per sentence (default 8000)")
     add_flag(p, "codes_out", metavar="C.npy", help="also write the codes (int64)")
     add_flag(p, "logits_out", metavar="L.npy", help="also write each step's logits (float32, steps x 4096)")
-    add_flag(p, "dtype", choices=["float32", "bfloat16"], default="float32",
-             help="decoder precision (float32 reproduces the original exactly)")
+    add_flag(p, "dtype", choices=list(DECODER_DTYPES), default="auto",
+             help="decoder precision: auto = the stored precision where the device computes it natively "
+                  "(bf16 bundles), else float32, which reproduces the original exactly (default auto)")
     add_voice_args(p)
     p.set_defaults(func=run)
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llmvox.audio import save_audio
+    from llmvox.device import set_decoder_dtype
     from llmvox.errors import LLMVoXError
 
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -39,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     tts = load_voice(args)
     if args.max_audio_length:
         tts.max_audio_length = args.max_audio_length
-    if args.dtype == "bfloat16":
-        tts.to_dtype(torch.bfloat16)
+    set_decoder_dtype(tts, args.dtype)
     start = time.perf_counter()
     with torch.inference_mode():
         gen = tts.generate(text, max_tokens=args.max_tokens, keep_logits=bool(args.logits_out))

@@ -142,11 +142,14 @@ class WordTimer:
 
 
 def transcript_words(snapshot: dict[str, Any], stream: Any) -> dict[str, Any]:
-    """A chat transcript with the spoken words' times (`words`) and the last word the listener received
-    (`last_word`: what the answer was cut to, when it was interrupted), when its stream timed them."""
+    """A chat transcript with the spoken words' times (`words`), the last word the listener received
+    (`last_word`: what the answer was cut to, when it was interrupted), when its stream timed them, and
+    `words_done`: whether `words` is complete. The answer's text is done (`done`) as soon as the LLM
+    stops, while its speech, and so its word times, goes on for seconds after."""
     timer = word_timer(stream) if stream is not None else None
     if timer is None:
         return snapshot
+    finished = stream.done  # read first: every word was sent before the stream finished
     heard = timer.heard()
     return {**snapshot, "words": [w.to_dict() for w in list(timer.sent)],
-            "last_word": None if heard is None else heard.to_dict()}
+            "last_word": None if heard is None else heard.to_dict(), "words_done": finished}

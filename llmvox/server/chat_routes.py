@@ -30,6 +30,7 @@ answer is complete. Turns are kept for 10 minutes (the 256 most recent).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -48,7 +49,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from llmvox.chat import ChatRequest, ChatSettings, ChatTurn, TranscriptStore, request_from_openai
 from llmvox.engine.events import Text
-from llmvox.engine.word_times import transcript_words
+from llmvox.engine.word_times import transcript_words, word_timer
 from llmvox.errors import LLMVoXError
 from llmvox.llm.base import LLMBackend
 from llmvox.server.audio_out import FORMAT_ALIASES, make_encoder, output_rate
@@ -192,9 +193,13 @@ def chat_router(state: ChatState) -> APIRouter:
         if turn is None:
             raise LLMVoXError(f"no chat turn {request_id!r} (unknown, or older than 10 minutes)", 404,
                               code="transcript_not_found")
+        deadline = time.monotonic() + wait
         if wait > 0 and not turn.done:
             await run_in_threadpool(turn.finished.wait, wait)
-        return transcript_words(turn.snapshot(), getattr(turn, "spoken", None))
+        spoken = getattr(turn, "spoken", None)
+        while word_timer(spoken) is not None and not spoken.done and time.monotonic() < deadline:  # last words
+            await asyncio.sleep(0.05)
+        return transcript_words(turn.snapshot(), spoken)
 
     return router
 

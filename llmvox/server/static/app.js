@@ -345,7 +345,8 @@ async function followTranscript(turn) {
     while (!turn.streamEnded && !turn.controller.signal.aborted) {
       const snap = await getTranscript(id, { apiKey: apiKey() });
       showTranscript(turn, snap);
-      if (snap.done) break;
+      // the text is done when the LLM stops; its spoken words' times keep coming while it is spoken
+      if (snap.done && snap.words_done !== false) break;
       await sleep(400);
     }
     const wait = turn.controller.signal.aborted ? 0 : 15;
