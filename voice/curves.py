@@ -21,8 +21,8 @@ from pathlib import Path
 PROBES = Path(__file__).parent / "probe"
 # probe tag -> legend label (the runs the build log describes)
 RUNS = {"": "v0.2 run (16.7 h)", "v2_": "session-4 continuation (from v0.2)", "v3_": "v3 (50.6 h + phoneme CTC)",
-        "v5_": "v5: warm start from v3's step 7,000"}
-OFFSETS = {"v5_": 7000}  # a warm-started run's probes are drawn at the steps of the run it continues
+        "v5_": "v5: warm start from v3's step 7,000", "v6_": "v6 = v0.4: warm start from v3, CTC head fitted first"}
+OFFSETS = {"v5_": 7000, "v6_": 7000}  # a warm-started run's probes are drawn at the steps of the run it continues
 FLOORS = {"teacher": 0.017, "codec resynthesis": 0.096}  # full held-out set, voice/eval.json
 
 
