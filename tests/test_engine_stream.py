@@ -6,6 +6,7 @@ codec), so every sentence is exactly `max_audio_length` codes long.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -344,51 +345,79 @@ def test_a_stream_bounds_its_text_once_spelled_out(engine):
 # the adaptive chunk policy
 
 
+class _Worker:
+    """A stand-in key for a worker whose measurements streams share (the policy keys them weakly)."""
+
+
 def simulate_playout(rate: float, policy: str, n_codes: int = 150, codec_fixed: float = 0.004,
-                     codec_per_frame: float = 0.00015) -> dict:
-    """One 150-code sentence through the chunk policy on a simulated clock: the decoder makes a code
-    every 1/rate s, a codec (one queue) takes `codec_fixed + codec_per_frame * window` per chunk, and the
+                     codec_per_frame: float = 0.00015, streams: int = 1, workers: tuple | None = None) -> dict:
+    """`streams` 150-code sentences in step through the chunk policy on a simulated clock: the decoder
+    gives every stream a code each 1/rate s (one batched step), one codec queue (earliest deadline
+    first, one decode at a time) takes `codec_fixed + codec_per_frame * window` per chunk, and each
     listener's `PlayoutClock` (in frames, 75 a second) counts the gaps. The policy, its estimators and
-    the clock are the engine's own; only time is simulated."""
+    the clock are the engine's own; only time is simulated. `workers`: (decoder, codec) keys whose
+    measurements persist between calls, as a running server's do."""
     from llmvox.engine.chunk_policy import ChunkPolicy
     from llmvox.engine.playout import PlayoutClock
 
     cfg = StreamConfig(chunk_policy=policy)
-    pol = ChunkPolicy(cfg, 75.0, [(None, None)])
-    clock = PlayoutClock(75.0)
-    state = {"planned": 0, "emitted": 0, "codec_free": 0.0, "dump": cfg.initial_dump_size_1}
-    ready: list[tuple[float, int]] = []  # (delivery time, frames), in order
-    sizes: list[int] = []
+    lanes = [workers or (_Worker(), _Worker())] if streams > 1 or workers else [(None, None)]
+    pols = [ChunkPolicy(cfg, 75.0, lanes) for _ in range(streams)]
+    clocks = [PlayoutClock(75.0) for _ in range(streams)]
+    state = [{"planned": 0, "emitted": 0, "dump": cfg.initial_dump_size_1, "sizes": [], "ready": []}
+             for _ in range(streams)]
+    queue: list[tuple[float, int, int, int, int, float]] = []  # (deadline, seq, stream, window, frames, submitted)
+    codec = {"free": 0.0, "seq": 0}
 
-    def cut(now: float, end: int, final: bool) -> None:
-        emit_end = end if final else max(state["emitted"], end - cfg.lookahead_frames)
-        window = pol.window(end - state["planned"], first=not sizes)
-        start = max(now, state["codec_free"])
-        took = codec_fixed + codec_per_frame * window
-        state["codec_free"] = start + took
-        pol.codec_done(0, window, start - now, took)
-        ready.append((state["codec_free"], emit_end - state["emitted"]))
-        sizes.append(end - state["planned"])
-        state["planned"], state["emitted"] = end, emit_end
+    def run_codec(until: float) -> None:
+        while queue and codec["free"] <= until:
+            queue.sort()
+            _, _, s, window, frames, submitted = queue.pop(0)
+            start = max(codec["free"], submitted)
+            took = codec_fixed + codec_per_frame * window
+            codec["free"] = start + took
+            pols[s].codec_done(0, window, start - submitted, took)
+            state[s]["ready"].append((codec["free"], frames))
+
+    def cut(s: int, now: float, end: int, final: bool) -> None:
+        st = state[s]
+        emit_end = end if final else max(st["emitted"], end - cfg.lookahead_frames)
+        window = pols[s].window(end - st["planned"], first=not st["sizes"])
+        codec["seq"] += 1
+        deadline = clocks[s].due(st["emitted"]) if clocks[s].started else now
+        queue.append((deadline, codec["seq"], s, window, emit_end - st["emitted"], now))
+        st["sizes"].append(end - st["planned"])
+        st["planned"], st["emitted"] = end, emit_end
 
     t = 0.02  # prefill
     for i in range(1, n_codes + 1):
         t += 1 / rate
-        while ready and ready[0][0] <= t:
-            clock.heard(ready[0][1], ready.pop(0)[0])
-        if i == n_codes:
-            cut(t, i, True)
-        elif policy == "fixed":
-            while i - state["planned"] >= state["dump"]:
-                cut(t, state["planned"] + state["dump"], False)
-                state["dump"] = min(3 * state["dump"], cfg.max_dump_size)
-        elif pol.on_codes(0, 0, 1, t, pending=i - state["planned"], first=not sizes,
-                          dry_at=clock.due(state["emitted"]) if clock.started else None,
-                          last_size=sizes[-1] if sizes else 0, starved=False):
-            cut(t, i, False)
-    for when, frames in ready:
-        clock.heard(frames, when)
-    return {"first_audio": clock.first, "gaps": clock.gaps, "stall": clock.stall, "sizes": sizes}
+        run_codec(t)
+        for s, st in enumerate(state):
+            while st["ready"] and st["ready"][0][0] <= t:
+                when, frames = st["ready"].pop(0)
+                clocks[s].heard(frames, when)
+        for s, st in enumerate(state):
+            if i == n_codes:
+                cut(s, t, i, True)
+            elif policy == "fixed":
+                while i - st["planned"] >= st["dump"]:
+                    cut(s, t, st["planned"] + st["dump"], False)
+                    st["dump"] = min(3 * st["dump"], cfg.max_dump_size)
+            elif pols[s].on_codes(0, 0, 1, t, pending=i - st["planned"], first=not st["sizes"],
+                                  dry_at=clocks[s].due(st["emitted"]) if clocks[s].started else None,
+                                  last_size=st["sizes"][-1] if st["sizes"] else 0, starved=False):
+                cut(s, t, i, False)
+    run_codec(math.inf)
+    for s, st in enumerate(state):
+        for when, frames in st["ready"]:
+            clocks[s].heard(frames, when)
+    for pol in pols:
+        pol.close()
+    first = sorted(c.first for c in clocks)
+    return {"first_audio": first[len(first) // 2], "gaps": sum(c.gaps for c in clocks),
+            "stall": max(c.stall for c in clocks), "sizes": state[0]["sizes"],
+            "decodes": sum(len(st["sizes"]) for st in state)}
 
 
 def test_adaptive_policy_keeps_a_slow_decoder_gap_free():
@@ -421,6 +450,38 @@ def test_adaptive_policy_below_real_time_gives_few_gaps_and_less_stall():
     assert adaptive["stall"] < fixed["stall"]
     sizes = adaptive["sizes"][:-1]
     assert all(b >= a for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def test_adaptive_policy_keeps_sixteen_streams_on_one_codec_gap_free():
+    """16 streams in step (one batched decoder, 118 codes/s each: 1.6x real time) share one codec whose
+    decode costs 3.5 ms + 0.09 ms a frame (this CPU's embedded codec, one thread). Chunks as small as
+    one stream alone could afford re-decode their 64 context frames so often that the codec cannot keep
+    up, and a chunk cut at once by all 16 waits for 15 decodes: the policy sizes chunks (the first one
+    too) for the codec's share and its queue, so nobody hears a gap, at a later first word."""
+    codec = {"codec_fixed": 0.0035, "codec_per_frame": 0.00009}
+    workers = (_Worker(), _Worker())
+    simulate_playout(300, "adaptive", workers=workers, **codec)  # the server's warm-up request
+    many = simulate_playout(118, "adaptive", streams=16, workers=workers, **codec)
+    assert many["gaps"] == 0
+    solo = simulate_playout(118, "adaptive", workers=workers, **codec)
+    assert many["sizes"][0] > StreamConfig().initial_dump_size_1 and min(many["sizes"][:-1]) > 2 * min(solo["sizes"][:-1])
+    assert many["first_audio"] < 0.45
+    fixed = simulate_playout(118, "fixed", streams=16, **codec)
+    assert fixed["gaps"] >= 16  # the original schedule: every stream's second chunk comes late
+    # the policy alone, from one stream to many: one stream keeps its small first chunk
+    assert solo["sizes"][0] == 10 and solo["gaps"] == 0
+
+
+def test_adaptive_policy_with_a_codec_too_slow_for_its_streams_keeps_the_first_word_early():
+    """A codec no chunk size can keep up with (1 ms a frame for 16 streams: 16 ms of decoding per 13.3 ms
+    code): gaps must come, so the first chunk stays small (no 1 s pre-buffer that still gaps) and
+    the later ones are as large as allowed (the fewest decodes)."""
+    codec = {"codec_fixed": 0.004, "codec_per_frame": 0.001}
+    workers = (_Worker(), _Worker())
+    simulate_playout(300, "adaptive", workers=workers, **codec)
+    slow = simulate_playout(118, "adaptive", streams=16, workers=workers, **codec)
+    assert slow["sizes"][0] == StreamConfig().initial_dump_size_1
+    assert len(slow["sizes"]) == 2  # the first chunk, then the rest of the sentence in one
 
 
 def test_adaptive_stream_speaks_the_same_codes_with_other_joins(engine, record_property):

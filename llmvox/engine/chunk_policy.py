@@ -8,23 +8,28 @@ first word. The adaptive policy measures instead, online and per lane:
 
 - the pace: seconds between two codes of this stream's segment (an EWMA; the decoder worker's batched
   step, whatever else runs beside it), seeded from what other streams saw on the same worker;
-- the codec latency of a chunk: queue wait (an EWMA) + decode time, a fixed cost plus a cost per
-  window frame fitted online (shared by every stream of the codec worker, since they share its queue);
+- the codec latency of a chunk: its decode time (quadratic in the window's frames, fitted online)
+  times the live streams on that codec worker: streams fed by one batched decoder step run in
+  step and tend to cut together, so a chunk may wait for one decode of each of the others;
 
 and keeps a playout deadline: audio at global frame F plays at `play_start + F / 75` (the stream's
 `PlayoutClock`). After the first audio, a chunk is cut as late as is safe: when waiting for one more
 code would deliver it later than the deadline minus `playout_margin_ms`. Chunks then grow by the
 ratio of the decoder's pace to real time on their own (x2 at 150 codes/s; x3 at 225/s, the fixed
-schedule), and never get smaller than what the codec can decode in their playing time.
+schedule), and never get smaller than the codec can sustain: every chunk re-decodes up to 64 context
+frames, so if all the codec's streams cut small chunks it falls behind, its queue grows, and the
+policy, seeing later audio, would cut smaller still (measured in a simulation of 16 streams: 213 gaps).
+The smallest chunk is the one whose playing time covers a decode of it for every live stream.
 
 The trades:
-- first audio: the first chunk stays `initial_dump_size_1` codes, as fast as the fixed schedule; a
-  pre-buffer (a bigger first chunk) was measured to cost more first-audio time than the gaps it saved,
-  so the chunks after it start small (as small as the codec allows) and grow with the buffer instead;
+- first audio: the first chunk is `initial_dump_size_1` codes, as fast as the fixed schedule, while its
+  playing time covers making and decoding the smallest sustainable chunk after it (one stream, a few);
+  with many streams on one codec it grows to cover it (16 streams: ~30 codes, ~+150 ms), trading the
+  first word's time for no gap after it;
 - the margin: `playout_margin_ms`, plus twice how late the codec's chunks lately came against their
-  estimate (a loaded CPU, a long codec queue), so a noisy machine cuts a little earlier;
+  estimate (a loaded CPU, other work on the codec thread), so a noisy machine cuts a little earlier;
 - slower than real time (pace > 1/75 s): gaps cannot be avoided without a pre-buffer as long as the
-  deficit (unknown length x (1 - rate/75)), so the first chunk stays small (a pre-buffer would only
+  deficit (unknown length x (1 - rate/75)), so the first chunk does not grow for it (a pre-buffer would only
   delay the first word), and the policy then makes every chunk 1.5 times the last one,
   so the listener hears a few longer gaps instead of a stutter (x1 would give the least stalled time
   in as many gaps as chunks, x2 fewer gaps but more stalled time);
@@ -34,6 +39,7 @@ The trades:
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -44,8 +50,9 @@ import numpy as np
 from llmvox.engine.config import StreamConfig
 
 MIN_CHUNK = 4  # codes: the smallest chunk cut before a deadline (the codec's cost may ask for more)
+FIRST_CHUNK_MAX_S = 1.0  # audio seconds: the most a first chunk grows to avoid the gap after it
 _SLOW = 1.05  # pace x 75 above this: slower than real time
-_PRIOR_PER_FRAME = 0.0003  # codec seconds per window frame until the first decode is measured
+_PRIOR_PER_FRAME = 0.0002  # codec seconds per window frame until two window sizes are measured
 
 
 @dataclass
@@ -59,45 +66,56 @@ class Ewma:
         self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
 
 
-@dataclass
-class LineFit:
-    """`y = a + b * x` by least squares that forgets (each sample weighs `decay` times the one after)."""
+class CostFit:
+    """Codec seconds for a window of `x` frames, `a + b x + c x^2` (the pos-net's attention is quadratic
+    in the window: measured on this CPU 4 ms at 10 frames, 10 at 80, 21 at 160, 58 at 320), by least
+    squares that forgets (each sample weighs `decay` times the one after), pulled weakly towards the
+    prior (`_PRIOR_PER_FRAME` a frame) so that one or two window sizes seen already give an answer."""
 
-    decay: float = 0.9
-    n: float = 0.0
-    sx: float = 0.0
-    sxx: float = 0.0
-    sy: float = 0.0
-    sxy: float = 0.0
+    _SCALE = 100.0  # frames: keeps the normal equations well conditioned
+    _RIDGE = 1e-3
+
+    def __init__(self, decay: float = 0.9):
+        self.decay = decay
+        self.n = 0.0
+        self._gram = np.zeros((3, 3))
+        self._rhs = np.zeros(3)
+        self._prior = np.array([0.0, _PRIOR_PER_FRAME * self._SCALE, 0.0])
+        self._coef: np.ndarray | None = None
+
+    def _basis(self, x: float) -> np.ndarray:
+        u = x / self._SCALE
+        return np.array([1.0, u, u * u])
 
     def add(self, x: float, y: float) -> None:
-        d = self.decay
-        self.n, self.sx, self.sxx = d * self.n + 1, d * self.sx + x, d * self.sxx + x * x
-        self.sy, self.sxy = d * self.sy + y, d * self.sxy + x * y
+        u = self._basis(x)
+        self.n = self.decay * self.n + 1
+        self._gram = self.decay * self._gram + np.outer(u, u)
+        self._rhs = self.decay * self._rhs + y * u
+        self._coef = None
 
     def predict(self, x: float) -> float | None:
         if self.n == 0:
             return None
-        mx, my = self.sx / self.n, self.sy / self.n
-        var = self.sxx / self.n - mx * mx
-        if var < 1.0:  # one size seen so far: proportional
-            return my * x / mx if mx > 0 else my
-        b = max(0.0, (self.sxy / self.n - mx * my) / var)
-        return max(0.0, my - b * mx) + b * x
+        if self._coef is None:
+            ridge = self._RIDGE * np.eye(3)
+            self._coef = np.linalg.solve(self._gram + ridge, self._rhs + ridge @ self._prior)
+        return max(0.0, float(self._coef @ self._basis(x)))
 
 
 @dataclass
 class CodecCost:
-    """A codec worker's latency for a chunk: the wait in its queue plus the decode of its window (a
-    fixed cost plus a cost per frame, fitted online)."""
+    """A codec worker's latency for a chunk. Its streams run in step (one batched decoder step gives
+    each of them a code), so they tend to cut chunks together: a chunk may wait for one decode of every
+    other live stream on the worker before its own (`CostFit`, fitted online)."""
 
-    wait: Ewma = field(default_factory=lambda: Ewma(0.2, 0.0))
-    fit: LineFit = field(default_factory=LineFit)
+    fit: CostFit = field(default_factory=CostFit)
     late: Ewma = field(default_factory=lambda: Ewma(0.2, 0.0))  # how much later than estimated it came
+    streams: int = 0  # live streams whose chunks this codec decodes (they share its time)
 
-    def observe(self, window: int, waited: float, took: float) -> None:
-        self.late.add(max(0.0, waited + took - self.latency(window)))
-        self.wait.add(max(0.0, waited))
+    def observe(self, window: int, waited: float, took: float, cut: bool = True) -> None:
+        if cut:
+            self.late.add(max(0.0, waited + took - self.latency(window)))
         if window > 0:
             self.fit.add(window, took)
 
@@ -106,7 +124,8 @@ class CodecCost:
         return _PRIOR_PER_FRAME * window if guess is None else guess
 
     def latency(self, window: int) -> float:
-        return (self.wait.value or 0.0) + self.decode(window)
+        """Submit to audio for a chunk of `window` frames, if every live stream cut one at once."""
+        return max(1, self.streams) * self.decode(window)
 
 
 @dataclass
@@ -153,6 +172,18 @@ class ChunkPolicy:
         self.codecs = [_shared(_codecs, c, CodecCost) for _, c in lanes]
         self.paces = [Ewma(0.15, shared.value) for shared in self._shared_pace]
         self._last: list[tuple[int, float] | None] = [None] * len(lanes)  # (segment, time of its last code)
+        self._open = True
+        with _lock:
+            for cost in self.codecs:
+                cost.streams += 1
+
+    def close(self) -> None:
+        """The stream ended: its codec time is free for the others."""
+        with _lock:
+            if self._open:
+                self._open = False
+                for cost in self.codecs:
+                    cost.streams -= 1
 
     # ---- measurements -------------------------------------------------------------------------
     def code_arrived(self, lane: int, segment: int, n: int, now: float, starved: bool = False) -> None:
@@ -165,8 +196,10 @@ class ChunkPolicy:
             self._shared_pace[lane].add(pace)
         self._last[lane] = None if starved else (segment, now)
 
-    def codec_done(self, lane: int, window: int, waited: float, took: float) -> None:
-        self.codecs[lane].observe(window, waited, took)
+    def codec_done(self, lane: int, window: int, waited: float, took: float, cut: bool = True) -> None:
+        """A chunk's audio is decoded. `cut`: this policy cut it at a deadline (a sentence's last chunk
+        goes when its codes end, often with time to spare: its lateness says nothing about the margin)."""
+        self.codecs[lane].observe(window, waited, took, cut)
 
     def pace(self, lane: int) -> float | None:
         """Seconds per code of this stream on `lane` (None: nothing measured yet)."""
@@ -192,19 +225,29 @@ class ChunkPolicy:
         return pending if first else self.context + pending + self.hold
 
     def min_chunk(self, lane: int) -> int:
-        """The smallest chunk worth a decode: one whose audio lasts longer than its decode."""
+        """The smallest chunk the codec keeps up with: one whose playing time covers a decode of it for
+        every live stream on the codec (each chunk re-decodes its context frames, so small chunks cost
+        more per second of audio, and a codec that falls behind makes every stream's chunks late).
+        `max_dump_size` where no size does (the codec is too slow for its streams: the fewest decodes)."""
         cost = self.codecs[lane]
+        share = max(1, cost.streams)
         m = MIN_CHUNK
-        while m < self.config.max_dump_size and m / self.frame_rate < cost.decode(self.window(m)):
-            m *= 2
+        while m < self.config.max_dump_size and m / self.frame_rate < share * cost.decode(self.window(m)):
+            m += max(1, m // 4)
         return min(m, self.config.max_dump_size)
 
     def first_chunk(self, lane: int) -> int:
-        """Codes in the stream's first chunk: `initial_dump_size_1`, whatever the pace. Every code more
-        would be 1/rate seconds more wait before the first word (measured: +120 ms at 4 streams on two
-        loaded cores for no fewer gaps), so the adaptive plan protects the first word's playout with
-        the chunks after it instead."""
-        return self.config.initial_dump_size_1
+        """Codes in the stream's first chunk: `initial_dump_size_1`, or more where its playing time could
+        not cover making and decoding the smallest chunk the codec keeps up with after it (many streams
+        on one codec), up to `FIRST_CHUNK_MAX_S` of audio: beyond that a gap comes anyway, and the first
+        word should not wait for it. Each code more costs 1/rate seconds of first-audio time (measured:
+        +120 ms at 4 streams on two loaded cores for no fewer gaps), so it grows only where a gap would
+        follow."""
+        base = self.config.initial_dump_size_1
+        m = self.min_chunk(lane)
+        need = m * (self.pace(lane) or 0.0) + self.codecs[lane].latency(self.window(m)) + self.margin_for(lane)
+        want = max(base, m, math.ceil(need * self.frame_rate))
+        return want if want <= FIRST_CHUNK_MAX_S * self.frame_rate else base
 
     def emit(self, lane: int, now: float, pending: int, dry_at: float | None, last_size: int,
              starved: bool = False) -> bool:

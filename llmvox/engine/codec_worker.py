@@ -21,6 +21,8 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# done(audio, error, waited, took): `took` is this window's share of its (batched) call, `waited` the rest
+# of the time from submission to the audio, so that waited + took is the chunk's latency
 DecodeDone = Callable[["np.ndarray | None", "BaseException | None", float, float], None]
 MAX_CODEC_BATCH = 8  # windows decoded in one call
 
@@ -154,8 +156,9 @@ class CodecWorker:
             for job in jobs:
                 job.done(None, exc, start - job.submitted, time.perf_counter() - start)
             return
-        took = time.perf_counter() - start
+        end = time.perf_counter()
+        share = (end - start) / len(jobs)
         for job, audio in zip(jobs, rows, strict=True):
-            job.done(audio, None, start - job.submitted, took)
+            job.done(audio, None, end - job.submitted - share, share)
 
 

@@ -425,7 +425,7 @@ class SpeechStream:
                 self.fail(error)
                 return
             if self._policy is not None:
-                self._policy.codec_done(seg.lane, len(window), waited, took)
+                self._policy.codec_done(seg.lane, len(window), waited, took, cut=not chunk.final)
             head = audio[lead * hop:(lead + emit) * hop]
             tail = audio[(lead + emit) * hop:] if context else None
             self._on_audio(seg, chunk, head, tail)
@@ -485,6 +485,8 @@ class SpeechStream:
             return
         self._finished = True
         self.finished_at = time.perf_counter()
+        if self._policy is not None:
+            self._policy.close()
         if self._on_finish is not None:
             self._on_finish(self)
         try:
