@@ -24,7 +24,7 @@ The smallest chunk is the one whose playing time covers a decode of it for every
 The trades:
 - first audio: the first chunk is `initial_dump_size_1` codes, as fast as the fixed schedule, while its
   playing time covers making and decoding the smallest sustainable chunk after it (one stream, a few);
-  with many streams on one codec it grows to cover it (16 streams: ~30 codes, ~+150 ms), trading the
+  with many streams on one codec it grows to cover it (16 streams: ~40 codes, measured), trading the
   first word's time for no gap after it;
 - the margin: `playout_margin_ms`, plus twice how late the codec's chunks lately came against their
   estimate (a loaded CPU, other work on the codec thread), so a noisy machine cuts a little earlier;
