@@ -350,19 +350,22 @@ class _Worker:
 
 
 def simulate_playout(rate: float, policy: str, n_codes: int = 150, codec_fixed: float = 0.004,
-                     codec_per_frame: float = 0.00015, streams: int = 1, workers: tuple | None = None) -> dict:
+                     codec_per_frame: float = 0.00015, streams: int = 1, workers: tuple | None = None,
+                     idle: int = 0) -> dict:
     """`streams` 150-code sentences in step through the chunk policy on a simulated clock: the decoder
     gives every stream a code each 1/rate s (one batched step), one codec queue (earliest deadline
     first, one decode at a time) takes `codec_fixed + codec_per_frame * window` per chunk, and each
     listener's `PlayoutClock` (in frames, 75 a second) counts the gaps. The policy, its estimators and
     the clock are the engine's own; only time is simulated. `workers`: (decoder, codec) keys whose
-    measurements persist between calls, as a running server's do."""
+    measurements persist between calls, as a running server's do. `idle`: more streams open on the
+    same workers that wait for text all along (an LLM still thinking)."""
     from llmvox.engine.chunk_policy import ChunkPolicy
     from llmvox.engine.playout import PlayoutClock
 
     cfg = StreamConfig(chunk_policy=policy)
     lanes = [workers or (_Worker(), _Worker())] if streams > 1 or workers else [(None, None)]
     pols = [ChunkPolicy(cfg, 75.0, lanes) for _ in range(streams)]
+    waiting = [ChunkPolicy(cfg, 75.0, lanes) for _ in range(idle)]
     clocks = [PlayoutClock(75.0) for _ in range(streams)]
     state = [{"planned": 0, "emitted": 0, "dump": cfg.initial_dump_size_1, "sizes": [], "ready": []}
              for _ in range(streams)]
@@ -412,7 +415,7 @@ def simulate_playout(rate: float, policy: str, n_codes: int = 150, codec_fixed: 
     for s, st in enumerate(state):
         for when, frames in st["ready"]:
             clocks[s].heard(frames, when)
-    for pol in pols:
+    for pol in pols + waiting:
         pol.close()
     first = sorted(c.first for c in clocks)
     return {"first_audio": first[len(first) // 2], "gaps": sum(c.gaps for c in clocks),
@@ -470,6 +473,21 @@ def test_adaptive_policy_keeps_sixteen_streams_on_one_codec_gap_free():
     assert fixed["gaps"] >= 16  # the original schedule: every stream's second chunk comes late
     # the policy alone, from one stream to many: one stream keeps its small first chunk
     assert solo["sizes"][0] == 10 and solo["gaps"] == 0
+
+
+def test_streams_waiting_for_text_do_not_take_a_share_of_the_codec():
+    """One stream speaking while 15 others are open but wait for their LLM's text: they cut no chunks,
+    so the speaking stream keeps the small first chunk and early first word of a stream alone (counted
+    from open to finish, they would make it as large as 16 speaking streams need)."""
+    codec = {"codec_fixed": 0.0035, "codec_per_frame": 0.00009}
+    workers = (_Worker(), _Worker())
+    simulate_playout(300, "adaptive", workers=workers, **codec)
+    one = simulate_playout(118, "adaptive", workers=workers, idle=15, **codec)
+    alone = simulate_playout(118, "adaptive", workers=workers, **codec)
+    assert one["sizes"][0] == alone["sizes"][0] == StreamConfig().initial_dump_size_1
+    assert one["gaps"] == 0 and one["first_audio"] == pytest.approx(alone["first_audio"])
+    many = simulate_playout(118, "adaptive", streams=16, workers=workers, **codec)
+    assert many["sizes"][0] > one["sizes"][0]  # 16 speaking streams do share it
 
 
 def test_adaptive_policy_with_a_codec_too_slow_for_its_streams_keeps_the_first_word_early():

@@ -9,8 +9,9 @@ first word. The adaptive policy measures instead, online and per lane:
 - the pace: seconds between two codes of this stream's segment (an EWMA; the decoder worker's batched
   step, whatever else runs beside it), seeded from what other streams saw on the same worker;
 - the codec latency of a chunk: its decode time (quadratic in the window's frames, fitted online)
-  times the live streams on that codec worker: streams fed by one batched decoder step run in
-  step and tend to cut together, so a chunk may wait for one decode of each of the others;
+  times the streams making codes on that codec worker (an open stream waiting for text does not
+  count): streams fed by one batched decoder step run in step and tend to cut together, so a chunk
+  may wait for one decode of each of the others;
 
 and keeps a playout deadline: audio at global frame F plays at `play_start + F / 75` (the stream's
 `PlayoutClock`). After the first audio, a chunk is cut as late as is safe: when waiting for one more
@@ -19,7 +20,7 @@ ratio of the decoder's pace to real time on their own (x2 at 150 codes/s; x3 at 
 schedule), and never get smaller than the codec can sustain: every chunk re-decodes up to 64 context
 frames, so if all the codec's streams cut small chunks it falls behind, its queue grows, and the
 policy, seeing later audio, would cut smaller still (measured in a simulation of 16 streams: 213 gaps).
-The smallest chunk is the one whose playing time covers a decode of it for every live stream.
+The smallest chunk is the one whose playing time covers a decode of it for every stream making codes.
 
 The trades:
 - first audio: the first chunk is `initial_dump_size_1` codes, as fast as the fixed schedule, while its
@@ -107,11 +108,11 @@ class CostFit:
 class CodecCost:
     """A codec worker's latency for a chunk. Its streams run in step (one batched decoder step gives
     each of them a code), so they tend to cut chunks together: a chunk may wait for one decode of every
-    other live stream on the worker before its own (`CostFit`, fitted online)."""
+    other stream making codes on the worker before its own (`CostFit`, fitted online)."""
 
     fit: CostFit = field(default_factory=CostFit)
     late: Ewma = field(default_factory=lambda: Ewma(0.2, 0.0))  # how much later than estimated it came
-    streams: int = 0  # live streams whose chunks this codec decodes (they share its time)
+    streams: int = 0  # streams making codes whose chunks this codec decodes (they share its time)
 
     def observe(self, window: int, waited: float, took: float, cut: bool = True) -> None:
         if cut:
@@ -124,7 +125,7 @@ class CodecCost:
         return _PRIOR_PER_FRAME * window if guess is None else guess
 
     def latency(self, window: int) -> float:
-        """Submit to audio for a chunk of `window` frames, if every live stream cut one at once."""
+        """Submit to audio for a chunk of `window` frames, if every stream making codes cut one at once."""
         return max(1, self.streams) * self.decode(window)
 
 
@@ -173,22 +174,28 @@ class ChunkPolicy:
         self.paces = [Ewma(0.15, shared.value) for shared in self._shared_pace]
         self._last: list[tuple[int, float] | None] = [None] * len(lanes)  # (segment, time of its last code)
         self._open = True
+        self._sharing = [False] * len(lanes)  # does this lane count among its codec's streams now?
+
+    def _share(self, lane: int, on: bool) -> None:
+        """Count this lane among its codec's streams while it makes codes: an open stream that waits
+        for text (an LLM still thinking) cuts no chunks, so it must not make the others' larger."""
         with _lock:
-            for cost in self.codecs:
-                cost.streams += 1
+            if self._sharing[lane] != on and (self._open or not on):
+                self._sharing[lane] = on
+                self.codecs[lane].streams += 1 if on else -1
 
     def close(self) -> None:
         """The stream ended: its codec time is free for the others."""
-        with _lock:
-            if self._open:
-                self._open = False
-                for cost in self.codecs:
-                    cost.streams -= 1
+        self._open = False
+        for lane in range(len(self.codecs)):
+            self._share(lane, False)
 
     # ---- measurements -------------------------------------------------------------------------
     def code_arrived(self, lane: int, segment: int, n: int, now: float, starved: bool = False) -> None:
         """`n` codes of `segment` arrived on `lane` at `now`. A segment's first code (its prefill and
         admission) and the first after a wait for text are not a pace."""
+        if n > 0 or starved:
+            self._share(lane, not starved)
         last = self._last[lane]
         if n > 0 and last is not None and last[0] == segment:
             pace = (now - last[1]) / n
@@ -226,7 +233,7 @@ class ChunkPolicy:
 
     def min_chunk(self, lane: int) -> int:
         """The smallest chunk the codec keeps up with: one whose playing time covers a decode of it for
-        every live stream on the codec (each chunk re-decodes its context frames, so small chunks cost
+        every stream making codes on the codec (each chunk re-decodes its context frames, so small chunks cost
         more per second of audio, and a codec that falls behind makes every stream's chunks late).
         `max_dump_size` where no size does (the codec is too slow for its streams: the fewest decodes)."""
         cost = self.codecs[lane]
