@@ -4,6 +4,8 @@
 #   voice/build.sh semantic   Whisper-base encoder features of the corpus (targets of the codec's semantic loss)
 #   voice/build.sh codec      train the small codec, phase A (all of it)   [extra flags pass through]
 #   voice/build.sh codec_b    phase B: encoder + codebook frozen (codes fixed), vocoder keeps learning
+#   voice/build.sh recodec DIR  a phase-B codec milestone -> voice/milestones/codec and the shipped bundle's codec,
+#                             once its codes are shown identical (voice/recodec.py; the decoder is unchanged)
 #   voice/build.sh tokenize   encode the corpus once with the (frozen) codec (WORKERS processes, default THREADS)
 #   voice/build.sh decoder    train the LLMVoX decoder on the cached codes (--max_codes N: short sentences first;
 #                             GUIDED=L.H,... guides those heads to read the text in order; CTC=W weighs the
@@ -35,7 +37,7 @@ if [ -f "$CODEC/config.yaml" ]; then
 else
   CODEC_ARGS=(--bundle "$CODEC_MILESTONE")
 fi
-stage=${1:?stage: synth|semantic|codec|codec_b|tokenize|pack_codes|decoder|probe|milestone|export|eval}
+stage=${1:?stage: synth|semantic|codec|codec_b|recodec|tokenize|pack_codes|decoder|probe|milestone|export|eval}
 shift || true
 case "$stage" in
   synth)
@@ -56,6 +58,10 @@ case "$stage" in
     exec $PY -m llmvox codec train --config llmvox/voices/configs/codec_small.yaml --data_path "$DATA" \
       --out_dir "$CODEC" --semantic_dir "$SEMANTIC" --semantic_weight 45 --export_every 500 \
       "${init[@]}" "${extra[@]}" "$@" ;;
+  recodec)
+    new=${1:?recodec: the phase-B codec milestone folder}
+    $PY voice/recodec.py --codec "$new" --data "$DATA" --cache "$VOICE_DIR/cache" --json voice/recodec.json
+    cp "$new"/codec.safetensors "$new"/config.json "$new"/config.yaml "$CODEC_MILESTONE"/ ;;
   tokenize)
     exec $PY -m llmvox data tokenize --data_path "$DATA" --cache_dir "$VOICE_DIR/cache" --threads 1 --workers "${WORKERS:-$THREADS}" \
       "${CODEC_ARGS[@]}" "$@" ;;
