@@ -490,6 +490,27 @@ def test_streams_waiting_for_text_do_not_take_a_share_of_the_codec():
     assert many["sizes"][0] > one["sizes"][0]  # 16 speaking streams do share it
 
 
+def test_engine_streams_waiting_for_text_count_on_no_codec(engine):
+    """The same on the real engine: open streams that have no text yet, or whose text is spoken, are
+    not counted among their codec's streams; one that is making codes is."""
+    cfg = StreamConfig(chunk_policy="adaptive", max_audio_length=MAX_CODES)
+    waiting = [engine.open(cfg) for _ in range(3)]
+    speaking = engine.open(StreamConfig(chunk_policy="adaptive", max_audio_length=400))
+    costs = {id(c): c for s in waiting + [speaking] for c in s._policy.codecs}.values()
+    assert sum(c.streams for c in costs) == 0  # counted from open, they would be 4 per lane
+    speaking.feed("One sentence to speak, long enough to be making codes when its first audio comes.")
+    speaking.end()  # one segment: one lane makes codes (this random model never ends a sentence early)
+    it = speaking.chunks(timeout=30)
+    next(it)
+    assert len(speaking.segment_codes(0)) < 400  # still making codes
+    assert sum(c.streams for c in costs) == 1  # the speaking stream only
+    speaking.cancel()
+    list(it)
+    assert sum(c.streams for c in costs) == 0
+    for s in waiting:
+        s.cancel()
+
+
 def test_adaptive_policy_with_a_codec_too_slow_for_its_streams_keeps_the_first_word_early():
     """A codec no chunk size can keep up with (1 ms a frame for 16 streams: 16 ms of decoding per 13.3 ms
     code): gaps must come, so the first chunk stays small (no 1 s pre-buffer that still gaps) and
