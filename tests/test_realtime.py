@@ -466,7 +466,10 @@ CONCURRENT_QUESTIONS = ["What is the capital of France?", "How many legs does a 
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if len(w) > 3}
+    """Words of more than three letters, normalised as `llmvox eval` scores them (Whisper's "8" is "eight")."""
+    from llmvox.bench.intelligibility import normalize_for_wer
+
+    return {w for w in normalize_for_wer(text).split() if len(w) > 3}
 
 
 def overlap(transcript: str, heard: str) -> float:
