@@ -90,6 +90,22 @@ def load_bundle_codec(path: str | Path, device: str = "cpu") -> Any:
     return wavtokenizer_from_bundle(config["codec"], read_bundle_tensors(folder / "codec.safetensors"), device=device)
 
 
+def _stored(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating-point tensors at the storage precision, contiguous on the CPU (others as they are)."""
+    return {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+            for k, v in state.items()}
+
+
+def save_bundle_codec(path: str | Path, codec: Any, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Write (or replace) a bundle's codec.safetensors; a vocoder trained on frozen codes swaps in so."""
+    from llmvox.codec.checkpoint import codec_state_for_bundle
+
+    target = Path(path) / "codec.safetensors"
+    save_file(_stored(codec_state_for_bundle(codec), dtype), str(target))
+    target.chmod(0o644)
+    return target
+
+
 def save_bundle(
     path: str | Path,
     gpt: GPT,
@@ -100,23 +116,13 @@ def save_bundle(
     extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle folder. `dtype` (float32, bfloat16, float16) is the storage precision."""
-    from llmvox.codec.checkpoint import codec_state_for_bundle
-
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-
-    def stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
-            for k, v in state.items()
-        }
-
-    decoder_state = stored(gpt.state_dict())
+    decoder_state = _stored(gpt.state_dict(), dtype)
     decoder_state[TEXT_TABLE_KEY] = text_table.detach().to(dtype).cpu().contiguous()
     save_file(decoder_state, str(folder / "decoder.safetensors"))
-    save_file(stored(codec_state_for_bundle(codec)), str(folder / "codec.safetensors"))
-    for name in ("decoder.safetensors", "codec.safetensors"):  # safetensors writes 0600; a bundle is shared
-        (folder / name).chmod(0o644)
+    (folder / "decoder.safetensors").chmod(0o644)  # safetensors writes 0600; a bundle is shared
+    save_bundle_codec(folder, codec, dtype=dtype)
     config = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,

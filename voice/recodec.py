@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from llmvox.bundle import load_bundle_codec, read_bundle_config
-from llmvox.codec.checkpoint import codec_state_for_bundle
+from llmvox.bundle import load_bundle_codec, read_bundle_config, save_bundle_codec
+from llmvox.errors import LLMVoXError
 from llmvox.train.cache import CodeCache, codec_fingerprint
 from llmvox.train.cache_writer import encode_entry
 from llmvox.train.dataset import load_dataset_json
@@ -85,21 +84,20 @@ def main() -> int:
     report["codes_identical"] = ok
     if ok and not args.dry_run:
         folder = Path(args.bundle)
-        dtype = getattr(torch, bundle_cfg.get("storage_dtype", "float32"))
-        state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
-                 for k, v in codec_state_for_bundle(new).items()}
-        save_file(state, str(folder / "codec.safetensors"))
-        (folder / "codec.safetensors").chmod(0o644)
+        written = save_bundle_codec(folder, new, dtype=getattr(torch, bundle_cfg.get("storage_dtype", "float32")))
         made = read_bundle_config(args.codec)
         bundle_cfg.setdefault("training", {})["vocoder"] = (
             f"codec phase {made.get('phase', '?')}, step {made.get('step', '?')}: backbone and head trained on "
             "the frozen encoder and codebook (same codes)")
         (folder / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
-        report["written"] = str(folder / "codec.safetensors")
+        report["written"] = str(written)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LLMVoXError as exc:  # a missing folder, not a bundle, an unreadable dataset: one line, no traceback
+        sys.exit(f"recodec: {exc}")
